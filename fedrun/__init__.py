@@ -1,0 +1,1 @@
+"""fedrun: federated-learning rounds sharded across TFF executor-service workers."""

@@ -1,0 +1,125 @@
+"""The run's typed configuration: defaults < TOML file < command-line flags, validated once."""
+
+import dataclasses
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from fedrun.errors import FedrunError
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's result and how it is executed.
+
+    Field names are the TOML keys; the flags are the same names with dashes.
+    """
+
+    # Workload (these decide the model a run ends with).
+    rounds: int = 10
+    clients_per_round: int = 32
+    epochs: int = 5
+    batch_size: int = 32
+    shuffle_buffer: int = 1000
+    client_lr: float = 0.01
+    server_lr: float = 1.0
+    seed: int = 0
+    data: str = "synthetic"
+    population: int = 3383  # writers in TFF's federated EMNIST digits
+    model: str = "linear"
+    eval_every: int = 1
+    eval_clients: int = 32
+    # Execution (these must not change the result).
+    backend: str = "local"
+    workers: int = 2
+    shards: int = 0  # 0: one shard per worker
+    worker_max_concurrent_calls: int = 2
+    worker_start_timeout_s: float = 60.0
+    rpc_timeout_s: float = 600.0
+    out: Path = Path("runs/latest")
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ["rounds", "clients_per_round", "epochs", "batch_size", "shuffle_buffer",
+                    "population", "eval_clients", "workers", "worker_max_concurrent_calls"]
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ["client_lr", "server_lr", "worker_start_timeout_s", "rpc_timeout_s"]:
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be greater than 0, got {getattr(self, name)}")
+        if self.eval_every < 0:
+            raise ValueError(f"eval_every must be 0 (never) or a number of rounds, got {self.eval_every}")
+        if self.shards < 0:
+            raise ValueError(f"shards must be 0 (one per worker) or a positive count, got {self.shards}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
+        if self.clients_per_round > self.population:
+            raise ValueError(f"clients_per_round ({self.clients_per_round}) exceeds the population "
+                             f"({self.population}): lower --clients-per-round or raise --population")
+        if self.eval_clients > self.population:
+            raise ValueError(f"eval_clients ({self.eval_clients}) exceeds the population ({self.population})")
+
+    @property
+    def num_shards(self) -> int:
+        return self.shards or self.workers
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps({k: str(v) if isinstance(v, Path) else v
+                              for k, v in dataclasses.asdict(self).items()})
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def field_type(name: str) -> type:
+    hint = _HINTS[name]
+    if isinstance(hint, types.UnionType):
+        hint = next(t for t in typing.get_args(hint) if t is not type(None))
+    return hint
+
+
+def _coerce(name: str, value: Any, origin: str) -> Any:
+    kind = field_type(name)
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, (str, Path))
+        value = kind(value) if ok else value
+    if not ok:
+        raise FedrunError(f"{origin}: '{name}' must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a config file; unknown keys and wrong types are errors, not silently ignored."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FedrunError(f"config file {path} does not exist: check the --config path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise FedrunError(f"config file {path} is not valid TOML ({e}): fix the file") from None
+    unknown = sorted(set(raw) - set(FIELDS))
+    if unknown:
+        raise FedrunError(f"config file {path}: unknown key(s) {', '.join(unknown)}; "
+                          f"valid keys: {', '.join(FIELDS)}")
+    return {k: _coerce(k, v, f"config file {path}") for k, v in raw.items()}
+
+
+def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> RunConfig:
+    """Defaults, then the file, then flags; any invalid value becomes a FedrunError."""
+    values = {**file_values, **{k: _coerce(k, v, "flag") for k, v in flag_values.items()}}
+    try:
+        return RunConfig(**values)
+    except ValueError as e:
+        raise FedrunError(f"invalid configuration: {e}") from None
