@@ -32,7 +32,7 @@ class RunConfig:
     population: int = 3383  # writers in TFF's federated EMNIST digits
     model: str = "linear"
     eval_every: int = 1
-    eval_clients: int = 32
+    eval_clients: int = 32  # held-out clients: they never train, only evaluate
     # Execution (these must not change the result).
     backend: str = "local"
     workers: int = 2
@@ -45,13 +45,15 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         positive = ["rounds", "clients_per_round", "epochs", "batch_size", "shuffle_buffer",
-                    "population", "eval_clients", "workers", "worker_max_concurrent_calls"]
+                    "population", "workers", "worker_max_concurrent_calls"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ["client_lr", "server_lr", "worker_start_timeout_s", "rpc_timeout_s"]:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be greater than 0, got {getattr(self, name)}")
+        if self.eval_clients < 0:
+            raise ValueError(f"eval_clients must be 0 (none) or a number of clients, got {self.eval_clients}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be 0 (never) or a number of rounds, got {self.eval_every}")
         if self.shards < 0:
@@ -61,8 +63,6 @@ class RunConfig:
         if self.clients_per_round > self.population:
             raise ValueError(f"clients_per_round ({self.clients_per_round}) exceeds the population "
                              f"({self.population}): lower --clients-per-round or raise --population")
-        if self.eval_clients > self.population:
-            raise ValueError(f"eval_clients ({self.eval_clients}) exceeds the population ({self.population})")
 
     @property
     def num_shards(self) -> int:

@@ -1,0 +1,36 @@
+"""A round's cohort: who trains, how much data each holds, and the keys workers build data from."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedrun.data.preprocessing import train_key
+from fedrun.data.source import TEST, TRAIN, ClientDataSource
+from fedrun.sampling import sample_clients, shuffle_seeds
+
+
+@dataclass(frozen=True)
+class Cohort:
+    clients: np.ndarray  # client indices, in sampling order
+    sizes: list[int]  # examples per client in the split used
+    keys: list[str]  # one dataset key per client, for the workers
+
+
+def training_cohort(source: ClientDataSource, seed: int, round_num: int, k: int) -> Cohort:
+    """K clients sampled without replacement for (seed, round), with their shuffle seeds."""
+    clients = sample_clients(seed, round_num, source.population, k)
+    seeds = shuffle_seeds(seed, round_num, clients)
+    return Cohort(
+        clients=clients,
+        sizes=[source.num_examples(int(c), TRAIN) for c in clients],
+        keys=[train_key(source.client_key(int(c), TRAIN), int(s)) for c, s in zip(clients, seeds)],
+    )
+
+
+def evaluation_cohort(source: ClientDataSource, clients: np.ndarray) -> Cohort:
+    """The given clients' held-out test examples."""
+    return Cohort(
+        clients=clients,
+        sizes=[source.num_examples(int(c), TEST) for c in clients],
+        keys=[source.client_key(int(c), TEST) for c in clients],
+    )

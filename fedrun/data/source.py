@@ -1,0 +1,64 @@
+"""The data-source interface and its registry.
+
+A source never hands examples to the coordinator: it names each client's data with a short
+string key, and `client_dataset(key)` (TensorFlow ops only) rebuilds the examples on the worker
+that trains the client. Per round the coordinator sends keys, not tensors.
+"""
+
+import abc
+import importlib
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from fedrun.errors import FedrunError
+
+TRAIN = "train"
+TEST = "test"
+
+
+class ClientDataSource(abc.ABC):
+    """A population of clients indexed 0..population-1, each with a train and a test split."""
+
+    #: Spec of one raw example: (features, label).
+    element_spec: tuple[tf.TensorSpec, tf.TensorSpec]
+    num_classes: int
+
+    @property
+    @abc.abstractmethod
+    def population(self) -> int:
+        """Number of clients."""
+
+    @abc.abstractmethod
+    def num_examples(self, client: int, split: str) -> int:
+        """Examples a client holds in a split; cheap, used for balancing and reporting."""
+
+    @abc.abstractmethod
+    def client_key(self, client: int, split: str) -> str:
+        """Everything a worker needs to rebuild this client's split; must not contain '|'."""
+
+    @abc.abstractmethod
+    def client_dataset(self, key: tf.Tensor) -> tf.data.Dataset:
+        """The raw examples named by a key (a scalar tf.string), built with TF ops only."""
+
+    def heldout_clients(self) -> np.ndarray:
+        """Clients that never train, only evaluate (indices at or past `population`)."""
+        return np.arange(0)
+
+    def client_name(self, client: int) -> str:
+        """The client's id as a person would see it in results."""
+        return str(client)
+
+
+# name -> (module, class)
+SOURCES: dict[str, tuple[str, str]] = {
+    "synthetic": ("fedrun.data.synthetic", "SyntheticDigits"),
+}
+
+
+def create_source(name: str, **options: Any) -> ClientDataSource:
+    if name not in SOURCES:
+        raise FedrunError(f"unknown data source '{name}'; choose one of: {', '.join(SOURCES)}")
+    module, cls = SOURCES[name]
+    return getattr(importlib.import_module(module), cls)(**options)

@@ -1,0 +1,120 @@
+"""A coordinator-side connection to one TFF executor-service worker.
+
+TFF 0.87 exports no remote context, so this assembles one from public `tff.framework` parts,
+as `local_cpp_executor_factory` does but without starting a process. Two of TFF's defaults are
+replaced: its stub retries an unavailable worker forever, and its `RemoteExecutor` blocks the
+event loop in gRPC calls. Here every RPC has a deadline and fails with `WorkerCallError`, and each
+session drives its worker from its own event-loop thread so workers run concurrently.
+"""
+
+import asyncio
+import concurrent.futures
+import threading
+from typing import Any
+
+import grpc
+import tensorflow_federated as tff
+from tensorflow_federated.proto.v0 import executor_pb2_grpc
+
+from cluster import Worker
+from fedrun.errors import FedrunError
+
+_MAX_MESSAGE_BYTES = 2_000_000_000
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+]
+
+
+class WorkerCallError(FedrunError):
+    """A worker failed, hung past its deadline or could not be reached during a call."""
+
+    def __init__(self, worker: Worker, rpc: str, code: grpc.StatusCode | None, details: str):
+        self.worker = worker
+        self.code = code
+        super().__init__(
+            f"worker {worker.worker_id} ({worker.target}) failed in {rpc}: "
+            f"{code.name if code else 'error'}: {details}. The worker process died, hung or is "
+            f"unreachable: check its log and that it is a TFF executor service "
+            f"(raise --rpc-timeout-s if shards are merely slow)."
+        )
+
+
+class _BoundedStub(tff.framework.RemoteExecutorStub):
+    """Every RPC gets a deadline; a failed RPC raises instead of being retried forever."""
+
+    def __init__(self, worker: Worker, channel: grpc.Channel, timeout_s: float):
+        self._worker = worker
+        self._grpc = executor_pb2_grpc.ExecutorGroupStub(channel)
+        self._timeout_s = timeout_s
+
+    def _call(self, rpc: str, request):
+        try:
+            return getattr(self._grpc, rpc)(request, timeout=self._timeout_s)
+        except grpc.RpcError as e:
+            code = e.code() if isinstance(e, grpc.Call) else None
+            details = e.details() if isinstance(e, grpc.Call) else str(e)
+            raise WorkerCallError(self._worker, rpc, code, details) from None
+
+    def get_executor(self, request):
+        return self._call("GetExecutor", request)
+
+    def create_value(self, request):
+        return self._call("CreateValue", request)
+
+    def create_struct(self, request):
+        return self._call("CreateStruct", request)
+
+    def create_call(self, request):
+        return self._call("CreateCall", request)
+
+    def create_selection(self, request):
+        return self._call("CreateSelection", request)
+
+    def compute(self, request):
+        return self._call("Compute", request)
+
+    def dispose(self, request):
+        return self._call("Dispose", request)
+
+    def dispose_executor(self, request):
+        return self._call("DisposeExecutor", request)
+
+    @property
+    def is_ready(self) -> bool:
+        return True
+
+
+class WorkerSession:
+    """One worker's TFF execution context, driven from a thread of its own."""
+
+    def __init__(self, worker: Worker, rpc_timeout_s: float):
+        self.worker = worker
+        self._channel = grpc.insecure_channel(worker.target, _CHANNEL_OPTIONS)
+        stub = _BoundedStub(worker, self._channel, rpc_timeout_s)
+
+        def executor_stack(cardinalities):
+            cardinalities.setdefault(tff.CLIENTS, 0)
+            executor = tff.framework.RemoteExecutor(stub)
+            executor.set_cardinalities(cardinalities)
+            return executor
+
+        self._context = tff.framework.AsyncExecutionContext(
+            tff.framework.ResourceManagingExecutorFactory(executor_stack),
+            compiler_fn=tff.backends.native.desugar_and_transform_to_native,
+            transform_args=tff.tensorflow.transform_args,
+            transform_result=tff.tensorflow.transform_result,
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"session-{worker.worker_id}", daemon=True)
+        self._thread.start()
+
+    def submit(self, comp: tff.Computation, arg: Any = None) -> concurrent.futures.Future:
+        """Start `comp(arg)` on this worker; the future holds the result in Python form."""
+        return asyncio.run_coroutine_threadsafe(self._context.invoke(comp, arg), self._loop)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._channel.close()

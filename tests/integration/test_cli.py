@@ -1,0 +1,171 @@
+"""`fedrun run` as a user runs it: a real coordinator process, real workers, real files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+
+pytestmark = pytest.mark.timeout(300)
+
+SMALL = ["--rounds", "2", "--clients-per-round", "8", "--epochs", "1", "--population", "100",
+         "--eval-clients", "4", "--no-progress"]
+
+
+def fedrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedrun.cli", *args]
+
+
+def start(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(fedrun(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def wait_for_rounds(path: Path, count: int, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"fedrun exited early ({process.returncode}): {process.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {count} rounds in {path} after {timeout}s")
+
+
+def worker_pids(coordinator: subprocess.Popen) -> list[int]:
+    return [p.pid for p in psutil.Process(coordinator.pid).children(recursive=True)
+            if "worker_binary" in " ".join(p.cmdline())]
+
+
+def assert_gone(pids: list[int], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if psutil.pid_exists(pid)
+                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return
+        time.sleep(0.1)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"worker processes outlived the coordinator: {alive}")
+
+
+def test_run_writes_rounds_config_and_weights(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(fedrun("run", *SMALL, "--workers", "2", "--out", str(out)),
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert "round    1" in result.stdout and "round    2" in result.stdout
+    assert "round latency p50" in result.stdout and "examples/s median" in result.stdout
+
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert r["latency_s"] > 0 and r["examples_per_s"] > 0 and r["clients_per_s"] > 0
+        assert sum(len(s["clients"]) for s in r["shards"]) == 8
+        assert all(s["end"] >= s["start"] >= r["start"] for s in r["shards"])
+        assert {s["worker"] for s in r["shards"]} <= {"local-0", "local-1"}
+        assert sum(s["examples"] for s in r["shards"]) == r["examples"]
+        assert r["examples_trained"] == r["examples"]  # one epoch
+        assert 0 <= r["train"]["accuracy"] <= 1
+        assert set(r["eval"]) == {"round_clients", "heldout"}
+    config = tomllib.loads((out / "config.toml").read_text())
+    assert config["rounds"] == 2 and config["workers"] == 2 and config["out"] == str(out)
+    with np.load(out / "model_weights.npz") as weights:
+        assert weights["trainable_0"].shape == (784, 10) and np.abs(weights["trainable_0"]).max() > 0
+
+
+def test_config_file_and_flag_override(tmp_path):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text('rounds = 1\nclients_per_round = 4\nepochs = 1\npopulation = 50\neval_every = 0\n'
+                   'workers = 2\nprogress = false\n')
+    out = tmp_path / "run"
+    result = subprocess.run(fedrun("run", "--config", str(cfg), "--workers", "1", "--out", str(out)),
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr
+    resolved = tomllib.loads((out / "config.toml").read_text())
+    assert resolved["workers"] == 1 and resolved["clients_per_round"] == 4
+    rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 1 and rounds[0]["eval"] == {} and rounds[0]["shards"][0]["worker"] == "local-0"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--rounds", "-1"], "rounds must be at least 1"),
+    (["--clients-per-round", "0"], "clients_per_round must be at least 1"),
+    (["--clients-per-round", "500", "--population", "100"], "exceeds the population"),
+    (["--client-lr", "0"], "client_lr must be greater than 0"),
+    (["--model", "resnet"], "unknown model 'resnet'"),
+])
+def test_bad_values_fail_fast_with_a_clear_message(args, message, tmp_path):
+    started = time.monotonic()
+    result = subprocess.run(fedrun("run", *args, "--out", str(tmp_path / "o")), capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert time.monotonic() - started < 30
+
+
+def test_unknown_flag_is_rejected(tmp_path):
+    result = subprocess.run(fedrun("run", "--roundz", "3"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "unrecognized arguments: --roundz" in result.stderr
+
+
+def test_output_path_that_is_a_file_is_an_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep me")
+    result = subprocess.run(fedrun("run", *SMALL, "--out", str(blocker)), capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "choose a writable --out" in result.stderr
+    assert blocker.read_text() == "keep me"
+
+
+@pytest.mark.parametrize("sig,code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_signal_stops_workers_and_keeps_results(sig, code, tmp_path):
+    out = tmp_path / "run"
+    process = start(["run", *SMALL, "--rounds", "200", "--out", str(out)])
+    try:
+        wait_for_rounds(out / "rounds.jsonl", 1, process)
+        pids = worker_pids(process)
+        assert len(pids) == 2
+        process.send_signal(sig)
+        assert process.wait(timeout=60) == code
+    finally:
+        process.kill()
+    assert_gone(pids)
+    assert len((out / "rounds.jsonl").read_text().splitlines()) >= 1
+
+
+def test_workers_die_with_a_sigkilled_coordinator(tmp_path):
+    out = tmp_path / "run"
+    process = start(["run", *SMALL, "--rounds", "200", "--out", str(out)])
+    try:
+        wait_for_rounds(out / "rounds.jsonl", 1, process)
+        pids = worker_pids(process)
+        assert len(pids) == 2
+        process.kill()
+        process.wait(timeout=30)
+    finally:
+        process.kill()
+    assert_gone(pids)
+
+
+def test_dead_worker_is_reported_not_waited_on(tmp_path):
+    out = tmp_path / "run"
+    process = start(["run", *SMALL, "--rounds", "200", "--out", str(out)])
+    try:
+        wait_for_rounds(out / "rounds.jsonl", 1, process)
+        pids = worker_pids(process)
+        os.kill(pids[1], signal.SIGKILL)
+        assert process.wait(timeout=60) == 2
+        stderr = process.stderr.read()
+    finally:
+        process.kill()
+    assert "worker local-" in stderr and "Traceback" not in stderr
+    assert_gone(pids)
+    assert len((out / "rounds.jsonl").read_text().splitlines()) >= 1
