@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         config = resolve(load_toml(args.config) if args.config else {}, flags)
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF 2.14 logs CUDA-plugin noise as errors
         from fedrun.simulation import simulate  # TensorFlow loads only once the config is valid
-        summary = simulate(config)
+        from fedrun.terminal import TerminalProgress
+        terminal = TerminalProgress()
+        simulate(config, [terminal])
     except KeyboardInterrupt:
         print("fedrun: interrupted; workers stopped, results so far are kept", file=sys.stderr)
         return 130
@@ -65,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"fedrun: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    print(summary)
+    print(terminal.summary())
     return 0
 
 

@@ -1,0 +1,66 @@
+"""The contract every worker backend meets: start workers, give their gRPC targets, stop them.
+
+The coordinator only ever dials a `Worker.target`; how the process behind it is started (a local
+child process, a Ray actor, a machine someone else runs) stays behind this interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from types import TracebackType
+
+
+@dataclasses.dataclass(frozen=True)
+class Worker:
+    """One TFF executor-service worker as the coordinator sees it."""
+
+    worker_id: str  # stable slot name, e.g. "local-0"; kept when the worker is replaced
+    target: str  # gRPC target to dial, e.g. "127.0.0.1:40123" or "unix:/path"
+
+
+class WorkerError(Exception):
+    """A problem with workers that a user can cause or fix; the message names both."""
+
+
+class WorkerStartError(WorkerError):
+    """A worker could not be started or did not become ready in time."""
+
+
+class WorkerBackend(abc.ABC):
+    """Starts, watches and stops the workers of one federated run."""
+
+    @abc.abstractmethod
+    def start(self, num_workers: int) -> list[Worker]:
+        """Starts workers and returns once all accept gRPC connections.
+
+        Raises WorkerStartError within a bounded time otherwise, after stopping whatever it
+        started.
+        """
+
+    @abc.abstractmethod
+    def workers(self) -> list[Worker]:
+        """The current worker of every slot, in slot order."""
+
+    @abc.abstractmethod
+    def is_alive(self, worker_id: str) -> bool:
+        """Whether the worker in this slot is still running."""
+
+    @abc.abstractmethod
+    def replace(self, worker_id: str) -> Worker:
+        """Stops the slot's worker if needed and starts a fresh one under the same worker_id."""
+
+    @abc.abstractmethod
+    def stop(self) -> None:
+        """Stops everything this backend started, in bounded time; safe to call again."""
+
+    def __enter__(self) -> WorkerBackend:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
