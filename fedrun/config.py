@@ -28,9 +28,15 @@ class RunConfig:
     client_lr: float = 0.01
     server_lr: float = 1.0
     seed: int = 0
-    data: str = "synthetic"
-    population: int = 3383  # writers in TFF's federated EMNIST digits
+    data: str = "synthetic"  # a registered source name or a path to an .npz file
+    data_dir: str = ""  # where file-backed sources look (e.g. TFF's EMNIST cache); "" = their default
+    test_data: str = ""  # optional separate test file for an .npz source
+    population: int = 3383  # writers in TFF's federated EMNIST digits (synthetic source)
     model: str = "linear"
+    client_optimizer: str = "sgd"
+    client_momentum: float = 0.0
+    server_optimizer: str = "sgd"  # "adam" makes FedAdam
+    server_momentum: float = 0.0
     eval_every: int = 1
     eval_clients: int = 32  # held-out clients: they never train, only evaluate
     # Execution (these must not change the result).
@@ -40,6 +46,17 @@ class RunConfig:
     worker_max_concurrent_calls: int = 2
     worker_start_timeout_s: float = 60.0
     rpc_timeout_s: float = 600.0
+    # Ray backend.
+    ray_address: str = ""  # "" = start a private local Ray; otherwise join this cluster
+    worker_cpus: float = 1.0
+    worker_gpus: float = 0.0
+    worker_resources: str = ""  # extra Ray resources per worker, "name=amount,name=amount"
+    placement_strategy: str = "PACK"  # PACK, SPREAD, STRICT_PACK, STRICT_SPREAD
+    # Observability.
+    metrics_port: int = 0  # 0 = no /metrics endpoint
+    metrics_host: str = "127.0.0.1"
+    pushgateway: str = ""  # Prometheus Pushgateway URL for batch runs
+    tensorboard: bool = True  # scalars under OUT/tb
     out: Path = Path("runs/latest")
     progress: bool = True
 
@@ -49,7 +66,7 @@ class RunConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ["client_lr", "server_lr", "worker_start_timeout_s", "rpc_timeout_s"]:
+        for name in ["client_lr", "server_lr", "worker_start_timeout_s", "rpc_timeout_s", "worker_cpus"]:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be greater than 0, got {getattr(self, name)}")
         if self.eval_clients < 0:
@@ -58,6 +75,14 @@ class RunConfig:
             raise ValueError(f"eval_every must be 0 (never) or a number of rounds, got {self.eval_every}")
         if self.shards < 0:
             raise ValueError(f"shards must be 0 (one per worker) or a positive count, got {self.shards}")
+        for name in ["client_momentum", "server_momentum", "worker_gpus"]:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be 0 (off) or a TCP port, got {self.metrics_port}")
+        if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+            raise ValueError(f"placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, "
+                             f"got {self.placement_strategy!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
         if self.clients_per_round > self.population:

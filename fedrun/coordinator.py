@@ -47,9 +47,11 @@ class Coordinator:
 
     def train_round(self, round_num: int, state: Any, cohort: Cohort) -> tuple[Any, RoundRecord]:
         start = time.monotonic()
+        sent, received = self.dispatcher.traffic()
         shards = make_shards(cohort.sizes, self.config.num_shards)
         output, timings = run_sharded(self.dispatcher, self.algorithm.train_form, state, cohort.keys, shards)
         latency = time.monotonic() - start
+        sent_after, received_after = self.dispatcher.traffic()
         train = train_metrics(output.metrics)
         record = RoundRecord(
             round=round_num,
@@ -61,6 +63,8 @@ class Coordinator:
             clients_per_s=len(cohort.clients) / latency,
             examples_per_s=train["num_examples"] / latency,
             shards=[self._shard_record(t, shards[t.shard], cohort) for t in timings],
+            bytes_to_workers=sent_after - sent,
+            bytes_from_workers=received_after - received,
             train=train,
         )
         return output.state, record

@@ -43,6 +43,11 @@ class Dispatcher:
     def workers(self) -> list[str]:
         return [s.worker.worker_id for s in self._sessions]
 
+    def traffic(self) -> tuple[int, int]:
+        """Bytes sent to and received from all workers so far."""
+        sent, received = zip(*(s.traffic for s in self._sessions))
+        return sum(sent), sum(received)
+
     def call(self, comp: tff.Computation, arg: Any = None) -> Any:
         """One whole computation on the first worker (small server-side steps)."""
         return self.map(comp, [arg])[0][0]

@@ -34,6 +34,8 @@ class RoundRecord:
     clients_per_s: float
     examples_per_s: float  # examples_trained / latency_s
     shards: list[ShardRecord]
+    bytes_to_workers: int  # serialized gRPC requests of the training round, all workers
+    bytes_from_workers: int
     train: dict[str, float]
     eval: dict[str, dict[str, float]] = field(default_factory=dict)
     eval_latency_s: float = 0.0

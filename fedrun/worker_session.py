@@ -47,10 +47,15 @@ class _BoundedStub(tff.framework.RemoteExecutorStub):
         self._worker = worker
         self._grpc = executor_pb2_grpc.ExecutorGroupStub(channel)
         self._timeout_s = timeout_s
+        self.bytes_sent = 0
+        self.bytes_received = 0
 
     def _call(self, rpc: str, request):
         try:
-            return getattr(self._grpc, rpc)(request, timeout=self._timeout_s)
+            self.bytes_sent += request.ByteSize()
+            response = getattr(self._grpc, rpc)(request, timeout=self._timeout_s)
+            self.bytes_received += response.ByteSize()
+            return response
         except grpc.RpcError as e:
             code = e.code() if isinstance(e, grpc.Call) else None
             details = e.details() if isinstance(e, grpc.Call) else str(e)
@@ -91,7 +96,7 @@ class WorkerSession:
     def __init__(self, worker: Worker, rpc_timeout_s: float):
         self.worker = worker
         self._channel = grpc.insecure_channel(worker.target, _CHANNEL_OPTIONS)
-        stub = _BoundedStub(worker, self._channel, rpc_timeout_s)
+        stub = self._stub = _BoundedStub(worker, self._channel, rpc_timeout_s)
 
         def executor_stack(cardinalities):
             cardinalities.setdefault(tff.CLIENTS, 0)
@@ -109,6 +114,11 @@ class WorkerSession:
         self._thread = threading.Thread(
             target=self._loop.run_forever, name=f"session-{worker.worker_id}", daemon=True)
         self._thread.start()
+
+    @property
+    def traffic(self) -> tuple[int, int]:
+        """Serialized bytes sent to and received from this worker so far."""
+        return self._stub.bytes_sent, self._stub.bytes_received
 
     def submit(self, comp: tff.Computation, arg: Any = None) -> concurrent.futures.Future:
         """Start `comp(arg)` on this worker; the future holds the result in Python form."""
