@@ -34,3 +34,16 @@ def evaluation_cohort(source: ClientDataSource, clients: np.ndarray) -> Cohort:
         sizes=[source.num_examples(int(c), TEST) for c in clients],
         keys=[source.client_key(int(c), TEST) for c in clients],
     )
+
+
+def evaluation_groups(source: ClientDataSource, eval_on: str, seed: int, size: int,
+                      round_clients: np.ndarray) -> dict[str, Cohort]:
+    """The client groups a round's model is evaluated on, by name (`eval_on`, comma-separated):
+    the round's own clients, the held-out clients that never train, or a fixed sample of `size`
+    training clients (drawn once from round 0's stream, which no training round uses)."""
+    clients = {
+        "round_clients": lambda: round_clients,
+        "heldout": source.heldout_clients,
+        "sample": lambda: sample_clients(seed, 0, source.population, min(size, source.population)),
+    }
+    return {name: evaluation_cohort(source, clients[name]()) for name in eval_on.split(",")}

@@ -1,5 +1,5 @@
 """Federated data sources: each client's examples are rebuilt from a short key where they are used."""
 
-from fedrun.data.source import ClientDataSource, create_source
+from fedrun.data.source import ClientDataSource, SourceOptions, create_source
 
-__all__ = ["ClientDataSource", "create_source"]
+__all__ = ["ClientDataSource", "SourceOptions", "create_source"]

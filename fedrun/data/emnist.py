@@ -1,0 +1,112 @@
+"""TFF's federated EMNIST (writers as clients) from a local copy in TFF's own file formats.
+
+Nothing is downloaded. TFF 0.87's `emnist.load_data` keeps `emnist_all.sqlite` in `~/.tff`; the
+workers read it as it is. Older TFF kept HDF5 files (`fed_emnist_digitsonly_train.h5` and
+`_test.h5`, groups `examples/<writer>/{pixels,label}`) in `~/.keras/datasets`; TF ops cannot
+read HDF5, so those are converted once to TFF's SQLite format beside them.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedrun.data.client_store import (ClientExamples, ExampleFormat, SqlClients, cached_path,
+                                      write_atomically, write_store)
+from fedrun.data.source import TEST, TRAIN, SourceOptions
+from fedrun.errors import FedrunError
+
+SQL_FILE = "emnist_all.sqlite"
+IMAGE_SHAPE = (28, 28)
+FORMAT = ExampleFormat(features="pixels", feature_shape=IMAGE_SHAPE, label="label")
+DEFAULT_DIRS = ("~/.tff", "~/.keras/datasets")  # TFF 0.87's cache, then older TFF's (Keras') cache
+
+
+@dataclass(frozen=True)
+class Variant:
+    """Digits only (10 classes) or digits and letters (62 classes)."""
+
+    name: str
+    num_classes: int
+    sql_splits: tuple[str, str]  # (train, test) split names inside emnist_all.sqlite
+    h5_prefix: str  # older TFF's files: PREFIX_train.h5 and PREFIX_test.h5
+
+
+DIGITS = Variant("emnist", 10, ("digits_only_train", "digits_only_test"), "fed_emnist_digitsonly")
+FULL = Variant("emnist-full", 62, ("all_train", "all_test"), "fed_emnist")
+
+
+def open_digits(options: SourceOptions) -> SqlClients:
+    return open_emnist(DIGITS, options)
+
+
+def open_full(options: SourceOptions) -> SqlClients:
+    return open_emnist(FULL, options)
+
+
+def open_emnist(variant: Variant, options: SourceOptions) -> SqlClients:
+    folders = [Path(d).expanduser() for d in ([options.data_dir] if options.data_dir else DEFAULT_DIRS)]
+    for folder in folders:
+        if (folder / SQL_FILE).exists():
+            return SqlClients(folder / SQL_FILE, dict(zip((TRAIN, TEST), variant.sql_splits)), FORMAT,
+                              variant.num_classes, heldout=options.heldout)
+        train, test = (folder / f"{variant.h5_prefix}_{split}.h5" for split in (TRAIN, TEST))
+        if train.exists() or test.exists():
+            return SqlClients(_converted(variant, train, test), {TRAIN: TRAIN, TEST: TEST}, FORMAT,
+                              variant.num_classes, heldout=options.heldout)
+    raise FedrunError(
+        f"federated EMNIST not found: looked for {SQL_FILE} (TFF 0.87's file) and "
+        f"{variant.h5_prefix}_train.h5 with _test.h5 (older TFF's files) in "
+        f"{', '.join(map(str, folders))}. fedrun downloads nothing: on a machine with internet run "
+        f"python -c 'import tensorflow_federated as tff; tff.simulation.datasets.emnist.load_data()' "
+        f"(it writes ~/.tff/{SQL_FILE}) and copy that file here, or pass its folder with --data-dir")
+
+
+def _converted(variant: Variant, train: Path, test: Path) -> Path:
+    for path, other in ((train, test), (test, train)):
+        if not path.exists():
+            raise FedrunError(f"found {other} but not {path}: EMNIST's HDF5 files come in pairs; put "
+                              f"both files from {variant.h5_prefix}.tar.bz2 in {path.parent}")
+    store = cached_path([train, test], variant.name, "fedrun.sqlite")
+    if not store.exists():
+        write_atomically(store, lambda tmp: write_store(tmp, _h5_clients(variant, train, test), FORMAT))
+    return store
+
+
+def _h5_clients(variant: Variant, train: Path, test: Path):
+    """Every writer's examples, checked, from TFF's HDF5 layout examples/<writer>/{pixels,label}."""
+    try:
+        import h5py
+    except ImportError:
+        raise FedrunError("reading EMNIST's HDF5 files needs h5py: pip install h5py") from None
+    for split, path in ((TRAIN, train), (TEST, test)):
+        try:
+            h5 = h5py.File(path, "r")
+        except OSError as e:
+            raise FedrunError(f"{path} is not a readable HDF5 file ({e}): extract it again from "
+                              f"{variant.h5_prefix}.tar.bz2") from None
+        with h5:
+            examples = h5.get("examples")
+            if not isinstance(examples, h5py.Group):
+                raise FedrunError(f"{path} has no group 'examples': it is not one of TFF's federated "
+                                  f"EMNIST files")
+            for writer in sorted(examples):
+                yield ClientExamples(split, writer, *_writer_arrays(path, writer, examples[writer], variant))
+
+
+def _writer_arrays(path: Path, writer: str, group, variant: Variant) -> tuple[np.ndarray, np.ndarray]:
+    where = f"{path}: examples/{writer}"
+    try:
+        pixels, labels = group["pixels"][()], group["label"][()]
+    except (KeyError, TypeError, ValueError):
+        raise FedrunError(f"{where} lacks the datasets 'pixels' and 'label' of TFF's EMNIST layout") from None
+    if pixels.shape[1:] != IMAGE_SHAPE or labels.shape != pixels.shape[:1]:
+        raise FedrunError(f"{where}: pixels {pixels.shape} and label {labels.shape} should be "
+                          f"(n, 28, 28) and (n,)")
+    if len(labels) == 0:
+        raise FedrunError(f"{where} holds no examples: remove the writer's empty group")
+    bad = labels[(labels < 0) | (labels >= variant.num_classes)]
+    if len(bad):
+        raise FedrunError(f"{where}: label {bad[0]} is outside 0..{variant.num_classes - 1} of "
+                          f"--data {variant.name}; use the file for that variant")
+    return pixels.astype(np.float32), labels
