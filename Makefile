@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv run test clean
+.PHONY: venv run test soak clean
 
 venv: $(VENV)/.installed
 
@@ -20,6 +20,9 @@ run: venv
 
 test: venv
 	$(BIN)/python -m pytest -q
+
+soak: venv
+	$(BIN)/python -m pytest -q -m soak tests/soak
 
 clean:
 	rm -rf $(VENV) runs

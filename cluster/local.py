@@ -9,17 +9,19 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import grpc
 
 from cluster.backend import Worker, WorkerBackend, WorkerError, WorkerStartError
 from cluster.listening_ports import listening_ports
+from cluster.netns import namespaces_unavailable, unshare_command
 from cluster.spawner import Spawner
 from cluster.worker_binary import find_worker_binary
 
@@ -34,6 +36,12 @@ _SINGLE_THREADED_OPS_ENV = {
     "OMP_NUM_THREADS": "1",
 }
 _MAX_GRPC_MESSAGE_MB = 2047  # gRPC message sizes are 32-bit byte counts
+_ISOLATIONS = ("auto", "netns", "none")
+_EXPOSED_WARNING = (
+    "local workers run WITHOUT isolation: TFF's worker_binary listens on all interfaces without "
+    "authentication, so anyone who can reach this machine can run TensorFlow graphs (which read "
+    "and write files) as this user. Firewall the workers' ports, or make `unshare` work here"
+)
 
 _T = TypeVar("_T")
 
@@ -48,8 +56,15 @@ class LocalWorkerOptions:
     ready_timeout_s: float = 60.0
     grpc_max_message_mb: int = 2000
     log_dir: Path | None = None  # None: a private directory removed at stop()
+    # "netns": each worker in its own network namespace, reached through a 0600 Unix socket;
+    # "none": the binary's port is open on every interface; "auto": netns where `unshare` works.
+    isolation: Literal["auto", "netns", "none"] = "auto"
 
     def __post_init__(self) -> None:
+        if self.isolation not in _ISOLATIONS:
+            raise ValueError(
+                f"isolation must be one of {', '.join(_ISOLATIONS)}; got {self.isolation!r}"
+            )
         calls = self.max_concurrent_computation_calls
         if calls < 1 and calls != -1:
             raise ValueError(
@@ -64,6 +79,22 @@ class LocalWorkerOptions:
                 f"got {self.grpc_max_message_mb}"
             )
 
+    def worker_command(self, binary: Path, port: int) -> list[str]:
+        """The worker_binary command line; port 0 lets the kernel pick a free port."""
+        return [
+            str(binary),
+            f"--port={port}",
+            f"--max_concurrent_computation_calls={self.max_concurrent_computation_calls}",
+            f"--grpc_max_message_length_megabytes={self.grpc_max_message_mb}",
+        ]
+
+    def worker_environment(self) -> dict[str, str]:
+        """This process's environment plus the thread limits the binary honours."""
+        env = dict(os.environ)
+        if self.single_threaded_ops:
+            env.update(_SINGLE_THREADED_OPS_ENV)
+        return env
+
 
 @dataclasses.dataclass(frozen=True)
 class _WorkerProcess:
@@ -72,13 +103,16 @@ class _WorkerProcess:
     log_path: Path
     log_start: int  # offset where this process's output begins in a log shared with earlier ones
     launched_at: float  # time.monotonic()
+    socket_path: Path | None  # where an isolated worker is reached; None: on a loopback port
 
 
 class LocalProcessBackend(WorkerBackend):
-    """Runs each worker as a TFF worker_binary child process; the coordinator dials loopback.
+    """Runs each worker as a TFF worker_binary child process of the coordinator.
 
-    The binary itself listens on all interfaces without authentication (it has no bind-address
-    flag), so anyone who can reach this machine's ports can run TensorFlow graphs on it.
+    The binary listens on all interfaces without authentication (it has no bind-address flag).
+    Isolated, it does so in a network namespace of its own (cluster.netns) and the coordinator
+    dials a Unix socket that only this user can open; otherwise it dials the loopback port that
+    anyone who reaches this machine can also use.
     Calls are serialized: replace() holds other calls for the worker's start-up time (~1 s).
     """
 
@@ -92,6 +126,8 @@ class LocalProcessBackend(WorkerBackend):
         self._env: dict[str, str] = {}
         self._log_dir = Path()
         self._private_log_dir = False
+        self._socket_dir: Path | None = None  # set when workers are isolated
+        self._launches = 0
 
     def start(self, num_workers: int) -> list[Worker]:
         if num_workers < 1:
@@ -144,19 +180,16 @@ class LocalProcessBackend(WorkerBackend):
             if self._private_log_dir:
                 shutil.rmtree(self._log_dir, ignore_errors=True)
                 self._private_log_dir = False
+            if self._socket_dir is not None:
+                shutil.rmtree(self._socket_dir, ignore_errors=True)
+                self._socket_dir = None
             atexit.unregister(self.stop)
 
     def _prepare(self, binary: Path) -> None:
         options = self._options
-        self._command = [
-            str(binary),
-            "--port=0",  # the kernel picks a free port: a fixed one could be silently shared
-            f"--max_concurrent_computation_calls={options.max_concurrent_computation_calls}",
-            f"--grpc_max_message_length_megabytes={options.grpc_max_message_mb}",
-        ]
-        self._env = dict(os.environ)
-        if options.single_threaded_ops:
-            self._env.update(_SINGLE_THREADED_OPS_ENV)
+        # Port 0: a fixed port could be silently shared with another worker_binary.
+        self._command = options.worker_command(binary, port=0)
+        self._env = options.worker_environment()
         if options.log_dir is None:
             self._log_dir = Path(tempfile.mkdtemp(prefix="fedrun-workers-"))
             self._private_log_dir = True
@@ -169,19 +202,49 @@ class LocalProcessBackend(WorkerBackend):
                     f"cannot create the worker log_dir {self._log_dir}: {error}; "
                     f"choose a writable log_dir"
                 ) from error
+        if self._isolate():
+            # mkdtemp makes it 0700; in the temporary directory, as a socket path has <108 bytes.
+            self._socket_dir = Path(tempfile.mkdtemp(prefix="fedrun-sockets-"))
+            # The launcher imports this very copy of `cluster`, installed or not.
+            package_root = str(Path(__file__).resolve().parents[1])
+            self._env["PYTHONPATH"] = os.pathsep.join(
+                filter(None, [package_root, self._env.get("PYTHONPATH")])
+            )
         self._spawner = Spawner()
         atexit.register(self.stop)
+
+    def _isolate(self) -> bool:
+        isolation = self._options.isolation
+        if isolation == "none":
+            return False
+        why_not = namespaces_unavailable()
+        if why_not is None:
+            return True
+        if isolation == "netns":
+            raise WorkerStartError(
+                f"cannot isolate local workers: {why_not}; enable unprivileged user namespaces, "
+                f"or accept an exposed worker port with isolation \"none\""
+            )
+        _LOG.warning("%s (%s).", _EXPOSED_WARNING, why_not)
+        return False
 
     def _launch(self, worker_id: str) -> _WorkerProcess:
         if self._spawner is None:
             raise WorkerError(f"cannot start worker {worker_id!r}: call start() first")
         log_path = self._log_dir / f"{worker_id}.log"
+        command, socket_path = self._command, None
+        if self._socket_dir is not None:
+            # A new path per launch: a channel to a replaced worker cannot reach its successor.
+            self._launches += 1
+            socket_path = self._socket_dir / f"{worker_id}.{self._launches}.sock"
+            launcher = [sys.executable, "-m", "cluster.isolated_worker", str(socket_path)]
+            command = unshare_command(launcher + self._command)
         with open(log_path, "ab") as log:
             log_start = log.tell()  # before the child shares, and advances, this file offset
             launched_at = time.monotonic()
             try:
                 process = self._spawner.popen(
-                    self._command,
+                    command,
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
@@ -195,14 +258,26 @@ class LocalProcessBackend(WorkerBackend):
                     f"could not run worker binary {self._command[0]}: {error}; "
                     f"pass the path of TFF's worker_binary"
                 ) from error
-        worker_process = _WorkerProcess(worker_id, process, log_path, log_start, launched_at)
+        worker_process = _WorkerProcess(
+            worker_id, process, log_path, log_start, launched_at, socket_path
+        )
         self._processes[worker_id] = worker_process
         return worker_process
 
     def _await_ready(self, worker_process: _WorkerProcess, deadline: float) -> Worker:
-        port = self._poll_until(worker_process, deadline, "listen on a port", _listening_port)
-        # The binary binds [::] dual-stack (0.0.0.0 without IPv6): 127.0.0.1 reaches it either way.
-        target = f"127.0.0.1:{port}"
+        if worker_process.socket_path is not None:
+            socket_path = worker_process.socket_path
+            self._poll_until(
+                worker_process,
+                deadline,
+                "listen behind its Unix socket",
+                lambda _: socket_path.exists(),
+            )
+            target = f"unix:{socket_path}"
+        else:
+            port = self._poll_until(worker_process, deadline, "listen on a port", _listening_port)
+            # The binary binds [::] dual-stack (0.0.0.0 without IPv6): 127.0.0.1 reaches it.
+            target = f"127.0.0.1:{port}"
         with grpc.insecure_channel(target) as channel:
             ready = grpc.channel_ready_future(channel)
             try:

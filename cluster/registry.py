@@ -18,6 +18,8 @@ class BackendEntry:
 
 BACKENDS: dict[str, BackendEntry] = {
     "local": BackendEntry("cluster.local", "LocalProcessBackend", extra=None),
+    "static": BackendEntry("cluster.static", "StaticBackend", extra=None),
+    "ray": BackendEntry("cluster.ray_backend", "RayBackend", extra="ray"),
 }
 
 

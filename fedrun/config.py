@@ -11,6 +11,10 @@ import tomli_w
 
 from fedrun.errors import FedrunError
 
+OPTIMIZERS = ("sgd", "adam")
+EVAL_GROUPS = ("round_clients", "heldout", "sample")
+DATA_PLACEMENTS = ("workers", "coordinator")
+
 
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
@@ -38,7 +42,9 @@ class RunConfig:
     server_optimizer: str = "sgd"  # "adam" makes FedAdam
     server_momentum: float = 0.0
     eval_every: int = 1
-    eval_clients: int = 32  # held-out clients: they never train, only evaluate
+    eval_clients: int = 32  # held-out clients (they never train, only evaluate); also the size of eval_on's "sample"
+    eval_on: str = "round_clients,heldout"  # comma-separated groups: round_clients, heldout, sample
+    checkpoint_every: int = 1  # rounds between checkpoints (the last round always writes one)
     # Execution (these must not change the result).
     backend: str = "local"
     workers: int = 2
@@ -46,6 +52,12 @@ class RunConfig:
     worker_max_concurrent_calls: int = 2
     worker_start_timeout_s: float = 60.0
     rpc_timeout_s: float = 600.0
+    data_placement: str = "workers"  # "workers": they build client data from keys; "coordinator": it ships tensors
+    # Worker isolation and externally run workers.
+    worker_isolation: str = "auto"  # local workers: "netns", "none", or "auto" (netns if possible)
+    worker_binary: str = ""  # "" = the worker_binary shipped with tensorflow_federated
+    worker_addresses: str = ""  # static backend: "host:port,host:port" or "unix:/path" targets
+    allow_remote_workers: bool = False  # static backend: permit non-loopback worker addresses
     # Ray backend.
     ray_address: str = ""  # "" = start a private local Ray; otherwise join this cluster
     worker_cpus: float = 1.0
@@ -62,7 +74,7 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         positive = ["rounds", "clients_per_round", "epochs", "batch_size", "shuffle_buffer",
-                    "population", "workers", "worker_max_concurrent_calls"]
+                    "population", "workers", "worker_max_concurrent_calls", "checkpoint_every"]
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -83,15 +95,51 @@ class RunConfig:
         if self.placement_strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
             raise ValueError(f"placement_strategy must be PACK, SPREAD, STRICT_PACK or STRICT_SPREAD, "
                              f"got {self.placement_strategy!r}")
+        if self.worker_isolation not in ("auto", "netns", "none"):
+            raise ValueError(f"worker_isolation must be auto, netns or none, got {self.worker_isolation!r}")
+        if self.backend == "static" and len(self.worker_address_list) != self.workers:
+            raise ValueError(f"the static backend runs one worker per address: worker_addresses lists "
+                             f"{len(self.worker_address_list)}, workers is {self.workers}; pass e.g. "
+                             f"--workers 2 --worker-addresses host-a:8000,host-b:8000")
         if self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
-        if self.clients_per_round > self.population:
+        for name in ["client_optimizer", "server_optimizer"]:
+            if getattr(self, name) not in OPTIMIZERS:
+                raise ValueError(f"{name} must be one of {', '.join(OPTIMIZERS)}, got {getattr(self, name)!r}")
+            momentum = name.replace("optimizer", "momentum")
+            if getattr(self, name) != "sgd" and getattr(self, momentum):
+                raise ValueError(f"{momentum} applies to sgd only: drop it or use --{name.replace('_', '-')} sgd")
+        groups = self.eval_on.split(",")
+        if not set(groups) <= set(EVAL_GROUPS) or len(set(groups)) != len(groups):
+            raise ValueError(f"eval_on must list distinct groups from {', '.join(EVAL_GROUPS)} separated by "
+                             f"commas, got {self.eval_on!r}")
+        if "sample" in groups and not self.eval_clients:
+            raise ValueError("eval_on 'sample' evaluates eval_clients training clients: set eval_clients above 0")
+        if self.data_placement not in DATA_PLACEMENTS:
+            raise ValueError(f"data_placement must be one of {', '.join(DATA_PLACEMENTS)}, "
+                             f"got {self.data_placement!r}")
+        if self.data == "synthetic" and self.clients_per_round > self.population:
             raise ValueError(f"clients_per_round ({self.clients_per_round}) exceeds the population "
                              f"({self.population}): lower --clients-per-round or raise --population")
+
+    def workload_differences(self, other: "RunConfig") -> list[str]:
+        """Fields that decide the result and differ; `rounds` may grow when resuming."""
+        execution = {"rounds", "backend", "workers", "shards", "worker_max_concurrent_calls",
+                     "worker_start_timeout_s", "rpc_timeout_s", "ray_address", "worker_cpus",
+                     "worker_gpus", "worker_resources", "placement_strategy", "metrics_port",
+                     "metrics_host", "pushgateway", "tensorboard", "out", "progress", "checkpoint_every",
+                     "worker_isolation", "worker_addresses", "allow_remote_workers", "worker_binary",
+                     "data_placement"}
+        return [name for name in FIELDS if name not in execution
+                and getattr(self, name) != getattr(other, name)]
 
     @property
     def num_shards(self) -> int:
         return self.shards or self.workers
+
+    @property
+    def worker_address_list(self) -> list[str]:
+        return [address.strip() for address in self.worker_addresses.split(",") if address.strip()]
 
     def to_toml(self) -> str:
         return tomli_w.dumps({k: str(v) if isinstance(v, Path) else v

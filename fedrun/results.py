@@ -1,6 +1,7 @@
 """What a run leaves in its output directory: config.toml, rounds.jsonl, model_weights.npz."""
 
 import json
+import logging
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -9,8 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from fedrun.checkpoint import CHECKPOINT
 from fedrun.config import RunConfig
 from fedrun.errors import FedrunError
+
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,8 @@ class RoundRecord:
     shards: list[ShardRecord]
     bytes_to_workers: int  # serialized gRPC requests of the training round, all workers
     bytes_from_workers: int
+    workers: int  # workers in the pool at the end of the round
+    failures: list[dict[str, Any]]  # workers lost during the round; their shards ran again
     train: dict[str, float]
     eval: dict[str, dict[str, float]] = field(default_factory=dict)
     eval_latency_s: float = 0.0
@@ -60,9 +66,30 @@ class RunDirectory:
     def write_config(self, config: RunConfig) -> None:
         _atomic_write(self.path / "config.toml", config.to_toml().encode())
 
-    def start_rounds(self) -> None:
-        """A fresh run starts an empty rounds.jsonl (resuming appends instead)."""
+    def start_fresh(self) -> None:
+        """A new run in this directory: an empty rounds.jsonl, and no checkpoint or weights of
+        an earlier run that could be mistaken for this one's (resuming appends instead)."""
+        for stale in (self.path / CHECKPOINT, self.weights_file):
+            stale.unlink(missing_ok=True)
         self.rounds_file.write_text("")
+
+    def keep_rounds_up_to(self, last_round: int) -> None:
+        """On resume: keep the records of checkpointed rounds, drop later ones (they run again)
+        and a line torn by a crash, which is reported, never silently kept."""
+        lines = self.rounds_file.read_text().splitlines(keepends=True) if self.rounds_file.exists() else []
+        kept = []
+        for number, line in enumerate(lines, 1):
+            try:
+                if not line.endswith("\n"):
+                    raise ValueError("no line end")
+                record = json.loads(line)
+            except ValueError:
+                _LOG.warning("%s line %d is torn (the run was killed while writing it); dropped",
+                             self.rounds_file, number)
+                continue
+            if record["round"] <= last_round:
+                kept.append(line)
+        _atomic_write(self.rounds_file, "".join(kept).encode())
 
     def append_round(self, record: RoundRecord) -> None:
         line = json.dumps(asdict(record), separators=(",", ":")) + "\n"

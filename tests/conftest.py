@@ -6,12 +6,17 @@ import psutil
 import pytest
 
 
+# An isolated worker is three processes: `unshare`, the forwarder inside it, and the binary.
+_WORKER_PARTS = ("worker_binary", "cluster.isolated_worker", "unshare")
+
+
 def worker_processes() -> list[psutil.Process]:
-    """Live worker_binary processes descended from this test process."""
+    """Live worker processes (binary, forwarder, unshare) descended from this test process."""
     found = []
     for process in psutil.Process().children(recursive=True):
         try:
-            if process.status() != psutil.STATUS_ZOMBIE and "worker_binary" in " ".join(process.cmdline()):
+            command = " ".join(process.cmdline())
+            if process.status() != psutil.STATUS_ZOMBIE and any(part in command for part in _WORKER_PARTS):
                 found.append(process)
         except psutil.NoSuchProcess:
             pass

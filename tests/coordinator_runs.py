@@ -29,7 +29,7 @@ def run_coordinator(config: RunConfig, source: ClientDataSource, algorithm: Fede
                     out: Path) -> tuple[Any, list[dict[str, Any]]]:
     """Final server state and the rounds.jsonl records of a run on `config.workers` workers."""
     run_dir = RunDirectory(out)
-    run_dir.start_rounds()
+    run_dir.start_fresh()
     with LocalProcessBackend() as backend:
         sessions = [WorkerSession(w, config.rpc_timeout_s) for w in backend.start(config.workers)]
         try:

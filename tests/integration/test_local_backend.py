@@ -1,6 +1,8 @@
 """LocalProcessBackend with real worker_binary processes and real gRPC on loopback.
 
 Also pins the pure pieces behind it (/proc parsing, options, registry), which need no worker.
+Workers whose port a test inspects run exposed (isolation="none"); tests/integration/
+test_isolation.py covers isolated ones.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from cluster.registry import BackendEntry
 pytestmark = pytest.mark.timeout(120)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+EXPOSED = LocalWorkerOptions(isolation="none")
 
 
 def _live_descendants() -> list[psutil.Process]:
@@ -60,7 +63,7 @@ def every_backend_stopped() -> Iterator[None]:
 
 @pytest.fixture
 def backend() -> Iterator[LocalProcessBackend]:
-    backend = LocalProcessBackend()
+    backend = LocalProcessBackend(EXPOSED)
     yield backend
     backend.stop()
 
@@ -180,7 +183,7 @@ def test_stop_is_idempotent_and_leaves_no_process(backend: LocalProcessBackend) 
 
 
 def test_backends_started_together_get_distinct_ports_and_outlive_the_starting_threads() -> None:
-    backends = [LocalProcessBackend(), LocalProcessBackend()]
+    backends = [LocalProcessBackend(EXPOSED), LocalProcessBackend(EXPOSED)]
     try:
         # The pool's threads have ended when the block exits; the workers they asked for must
         # not die with them (the parent-death signal is per thread).
@@ -330,11 +333,17 @@ def test_binary_that_exits_at_once_reports_exit_code_and_log(tmp_path: Path) -> 
     assert "fake worker: unknown flag" in str(error.value)
 
 
-def test_log_dir_keeps_each_workers_log(tmp_path: Path) -> None:
+def test_log_dir_keeps_each_workers_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Importing TensorFlow (any earlier test may have) sets TF_CPP_MIN_LOG_LEVEL=1 in this
+    # process, and workers inherit it: the INFO line below would not be written.
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    log = tmp_path / "logs" / "local-0.log"
     with LocalProcessBackend(LocalWorkerOptions(log_dir=tmp_path / "logs")) as backend:
         backend.start(1)
+        # The binary logs this just after it starts listening: on a busy machine, after ready.
+        assert _eventually(lambda: "ExecutorService started" in log.read_text())
 
-    assert "ExecutorService started" in (tmp_path / "logs" / "local-0.log").read_text()
+    assert "ExecutorService started" in log.read_text()
 
 
 @pytest.mark.parametrize(
