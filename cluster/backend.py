@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+from collections.abc import Mapping
 from types import TracebackType
+from typing import TypeVar
+
+_Slot = TypeVar("_Slot")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,3 +68,13 @@ class WorkerBackend(abc.ABC):
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def slot_of(slots: Mapping[str, _Slot], worker_id: str) -> _Slot:
+    """A backend's record of one worker, or a WorkerError naming the workers it has."""
+    if worker_id not in slots:
+        raise WorkerError(
+            f"no worker {worker_id!r} in this backend; its workers are "
+            f"{sorted(slots) or 'none (not started)'}"
+        )
+    return slots[worker_id]

@@ -19,7 +19,7 @@ from typing import Literal, TypeVar
 
 import grpc
 
-from cluster.backend import Worker, WorkerBackend, WorkerError, WorkerStartError
+from cluster.backend import Worker, WorkerBackend, WorkerError, WorkerStartError, slot_of
 from cluster.listening_ports import listening_ports
 from cluster.netns import namespaces_unavailable, unshare_command
 from cluster.spawner import Spawner
@@ -329,13 +329,7 @@ class LocalProcessBackend(WorkerBackend):
         return f"the end of its log {where}:\n{_log_tail(worker_process)}"
 
     def _process_of(self, worker_id: str) -> _WorkerProcess:
-        worker_process = self._processes.get(worker_id)
-        if worker_process is None:
-            raise WorkerError(
-                f"no worker {worker_id!r} in this backend; its workers are "
-                f"{sorted(self._processes) or 'none (not started)'}"
-            )
-        return worker_process
+        return slot_of(self._processes, worker_id)
 
 
 def _listening_port(worker_process: _WorkerProcess) -> int | None:

@@ -22,7 +22,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.backend import Worker, WorkerBackend, WorkerError, WorkerStartError
+from cluster.backend import Worker, WorkerBackend, WorkerError, WorkerStartError, slot_of
 from cluster.ray_options import RayWorkerOptions, capacity_shortfall
 from cluster.ray_worker import WorkerActor
 
@@ -255,13 +255,7 @@ class RayBackend(WorkerBackend):
         return slot
 
     def _slot_of(self, worker_id: str) -> _Slot:
-        slot = self._slots.get(worker_id)
-        if slot is None:
-            raise WorkerError(
-                f"no worker {worker_id!r} in this backend; its workers are "
-                f"{sorted(self._slots) or 'none (not started)'}"
-            )
-        return slot
+        return slot_of(self._slots, worker_id)
 
 
 def _await_answer(address: str, deadline: float) -> None:

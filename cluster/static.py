@@ -15,7 +15,7 @@ import time
 
 import grpc
 
-from cluster.backend import Worker, WorkerBackend, WorkerError, WorkerStartError
+from cluster.backend import Worker, WorkerBackend, WorkerError, WorkerStartError, slot_of
 from cluster.executor_probe import ProbeResult, Verdict, answers, probe_executor
 
 _LOG = logging.getLogger(__name__)
@@ -156,13 +156,7 @@ class StaticBackend(WorkerBackend):
             )
 
     def _channel_of(self, worker_id: str) -> grpc.Channel:
-        channel = self._channels.get(worker_id)
-        if channel is None:
-            raise WorkerError(
-                f"no worker {worker_id!r} in this backend; its workers are "
-                f"{sorted(self._channels) or 'none (not started)'}"
-            )
-        return channel
+        return slot_of(self._channels, worker_id)
 
 
 def _await_executor(channel: grpc.Channel, deadline: float) -> ProbeResult:
