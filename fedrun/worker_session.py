@@ -1,14 +1,18 @@
 """A coordinator-side connection to one TFF executor-service worker.
 
 TFF 0.87 exports no remote context, so this assembles one from public `tff.framework` parts,
-as `local_cpp_executor_factory` does but without starting a process. Two of TFF's defaults are
+as `local_cpp_executor_factory` does but without starting a process. Some of TFF's defaults are
 replaced: its stub retries an unavailable worker forever, and its `RemoteExecutor` blocks the
 event loop in gRPC calls. Here every RPC has a deadline and fails with `WorkerCallError`, and each
-session drives its worker from its own event-loop thread so workers run concurrently.
+session drives its worker from its own event-loop thread so workers run concurrently. For speed
+and memory, computations are compiled once per process and sent once per worker executor, and
+executors the session no longer keeps are disposed of on the worker.
 """
 
 import asyncio
+import collections
 import concurrent.futures
+import contextlib
 import threading
 from typing import Any
 
@@ -20,6 +24,9 @@ from cluster import Worker
 from fedrun.errors import FedrunError
 
 _MAX_MESSAGE_BYTES = 2_000_000_000
+# Worker-side executors kept per session (one per shard size seen lately); each holds ~10 MiB
+# of TensorFlow sessions on the worker and costs ~80 ms of worker CPU to create.
+_MAX_EXECUTORS = 10
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
     ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
@@ -139,6 +146,47 @@ class _ComputationCachingExecutor(tff.framework.RemoteExecutor):
         super().close()
 
 
+class _ExecutorPool(tff.framework.ExecutorFactory):
+    """The worker-side executors of one session: one per cardinalities, the least recently used
+    disposed of beyond `capacity`.
+
+    Shards of different sizes need executors of different cardinalities. TFF's
+    `ResourceManagingExecutorFactory` keeps ten and silently drops the eleventh without telling
+    the worker, which then keeps it, with its TensorFlow sessions (~10 MiB), for good: workers grew
+    ~1.6 MiB per round when shard sizes cycled through more than ten values. Here an evicted
+    executor is disposed of on the worker. Calls of one session must not overlap (the dispatcher
+    runs one at a time per worker), or one could evict the executor another is using.
+    """
+
+    def __init__(self, stub: tff.framework.RemoteExecutorStub, capacity: int = _MAX_EXECUTORS):
+        self._stub = stub
+        self._capacity = capacity
+        self._executors: collections.OrderedDict[tuple, _ComputationCachingExecutor] = collections.OrderedDict()
+
+    def create_executor(self, cardinalities):
+        key = self._key(cardinalities)
+        executor = self._executors.pop(key, None)
+        if executor is None:
+            executor = _ComputationCachingExecutor(self._stub)
+            executor.set_cardinalities({tff.CLIENTS: 0, **cardinalities})
+        self._executors[key] = executor  # the most recently used last
+        while len(self._executors) > self._capacity:
+            _, evicted = self._executors.popitem(last=False)
+            evicted.close()
+        return executor
+
+    def clean_up_executor(self, cardinalities) -> None:
+        """After a failed call: drop the executor (the error being raised says what failed)."""
+        executor = self._executors.pop(self._key(cardinalities), None)
+        if executor is not None:
+            with contextlib.suppress(WorkerCallError):
+                executor.close()
+
+    @staticmethod
+    def _key(cardinalities) -> tuple:
+        return tuple(sorted((str(p), n) for p, n in {tff.CLIENTS: 0, **cardinalities}.items()))
+
+
 class WorkerSession:
     """One worker's TFF execution context, driven from a thread of its own."""
 
@@ -147,14 +195,8 @@ class WorkerSession:
         self._channel = grpc.insecure_channel(worker.target, _CHANNEL_OPTIONS)
         stub = self._stub = _BoundedStub(worker, self._channel, rpc_timeout_s)
 
-        def executor_stack(cardinalities):
-            cardinalities.setdefault(tff.CLIENTS, 0)
-            executor = _ComputationCachingExecutor(stub)
-            executor.set_cardinalities(cardinalities)
-            return executor
-
         self._context = tff.framework.AsyncExecutionContext(
-            tff.framework.ResourceManagingExecutorFactory(executor_stack),
+            _ExecutorPool(stub),
             compiler_fn=compile_for_workers,
             transform_args=tff.tensorflow.transform_args,
             transform_result=tff.tensorflow.transform_result,

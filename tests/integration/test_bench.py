@@ -1,0 +1,106 @@
+"""`fedrun bench` on a tiny workload: every number is there, the three systems reached the same
+model, and the ratios are computed from the measured numbers. No timing is asserted: this
+machine's speed is not the code's behaviour."""
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from tests.processes import fedrun
+
+pytestmark = pytest.mark.timeout(900)
+
+SYSTEMS = ("fedrun", "tff_local", "tf_loop")
+ROUNDS = 3
+TINY = ["--rounds", str(ROUNDS), "--clients-per-round", "6", "--epochs", "1", "--population", "60",
+        "--eval-clients", "4", "--workers", "2"]
+SYSTEM_FIELDS = {"import_s", "build_s", "start_s", "first_round_s", "start_to_first_round_s",
+                 "round_latency_median_s", "round_latency_p95_s", "examples_per_s", "clients_per_s",
+                 "cpu_cores_busy", "cpu_us_per_example", "peak_tree_rss_bytes", "peak_tree_pss_bytes", "final_tree_memory",
+                 "rounds", "test"}
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    run = subprocess.run(fedrun("bench", *TINY, "--scale", "--scale-clients", "2,4,8", "--scale-rounds", "1",
+                                "--rounds-memory", "12", "--out", str(out)),
+                         capture_output=True, text=True, timeout=840)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for heading in ("examples/s (median)", "fedrun / TF loop", "round latency vs clients per round",
+                    "round latency vs workers", "process-tree memory over 12 rounds", "targets"):
+        assert heading in run.stdout
+    return json.loads(out.read_text())
+
+
+def test_every_system_has_every_number(result):
+    assert set(result["systems"]) == set(SYSTEMS)
+    for name, system in result["systems"].items():
+        assert SYSTEM_FIELDS <= set(system), name
+        assert [r["round"] for r in system["rounds"]] == list(range(1, ROUNDS + 1))
+        for r in system["rounds"]:
+            assert r["clients"] == 6 and r["num_examples"] > 0 and r["latency_s"] > 0 and r["cpu_s"] >= 0
+        assert system["start_to_first_round_s"] == pytest.approx(system["start_s"] + system["first_round_s"])
+        assert system["round_latency_p95_s"] >= system["round_latency_median_s"] > 0
+        assert system["cpu_cores_busy"] > 0
+        assert system["peak_tree_rss_bytes"] >= system["peak_tree_pss_bytes"] > 0
+    # fedrun's tree is the coordinator and its workers: their memory is counted.
+    processes = result["systems"]["fedrun"]["final_tree_memory"]["processes"]
+    assert sum("worker_binary" in name for name in processes) == 2
+
+
+def test_same_clients_same_model(result):
+    systems = result["systems"]
+    examples = {name: [r["num_examples"] for r in s["rounds"]] for name, s in systems.items()}
+    assert examples["fedrun"] == examples["tff_local"] == examples["tf_loop"]
+    agreement = result["agreement"]
+    assert agreement["passed"]
+    assert agreement["fedrun_vs_tff_local_max_weight_diff"] <= 1e-5
+    assert agreement["tf_loop_vs_tff_local_max_weight_diff"] <= 1e-4
+    accuracies = [systems[name]["test"]["accuracy"] for name in SYSTEMS]
+    assert max(accuracies) - min(accuracies) <= 1e-3
+    for name in SYSTEMS:
+        assert agreement["test_accuracy"][name] == systems[name]["test"]["accuracy"]
+
+
+def test_rates_and_ratios_come_from_the_measured_rounds(result):
+    systems = result["systems"]
+    for system in systems.values():
+        steady = system["rounds"][1:]
+        assert system["examples_per_s"] == pytest.approx(
+            np.median([r["num_examples"] / r["latency_s"] for r in steady]))
+        assert system["round_latency_median_s"] == pytest.approx(np.median([r["latency_s"] for r in steady]))
+        assert system["cpu_cores_busy"] == pytest.approx(
+            sum(r["cpu_s"] for r in steady) / sum(r["wall_s"] for r in steady))
+        assert system["cpu_us_per_example"] == pytest.approx(
+            1e6 * sum(r["cpu_s"] for r in steady) / sum(r["num_examples"] for r in steady))
+    for other in ("tf_loop", "tff_local"):
+        ratio = result["ratios"][f"fedrun_vs_{other}"]
+        assert ratio["examples_per_s"] == pytest.approx(
+            systems["fedrun"]["examples_per_s"] / systems[other]["examples_per_s"])
+        paired = [a["num_examples"] / a["latency_s"] / (b["num_examples"] / b["latency_s"])
+                  for a, b in zip(systems["fedrun"]["rounds"][1:], systems[other]["rounds"][1:])]
+        assert ratio["examples_per_s_paired_median"] == pytest.approx(np.median(paired))
+    targets = result["targets"]
+    assert targets["examples_per_s_vs_tf_loop"]["value"] == result["ratios"]["fedrun_vs_tf_loop"]["examples_per_s"]
+    assert targets["examples_per_s_vs_tf_loop"]["met"] == (targets["examples_per_s_vs_tf_loop"]["value"] >= 1.7)
+
+
+def test_scale_tables(result):
+    by_clients = result["scale"]["clients"]
+    assert [row["clients"] for row in by_clients["rows"]] == [2, 4, 8]
+    latencies = [row["round_latency_median_s"] for row in by_clients["rows"]]
+    assert by_clients["growth_exponent"] == pytest.approx(np.log(latencies[-1] / latencies[0]) / np.log(8 / 2))
+    by_workers = result["scale"]["workers"]["rows"]
+    assert [row["workers"] for row in by_workers] == [1, 2]
+    assert by_workers[0]["speedup_vs_1_worker"] == pytest.approx(1.0)
+
+
+def test_memory_over_rounds(result):
+    memory = result["rounds_memory"]
+    assert memory["rounds"] == 12 and set(memory["peaks"]) == {"10", "12"}
+    assert memory["peaks"]["12"]["peak_tree_pss_bytes"] >= memory["peaks"]["10"]["peak_tree_pss_bytes"] > 0
+    assert [t["round"] for t in memory["trace"]][-1] == 12
+    assert "tree" in memory["growth"]
