@@ -30,7 +30,7 @@ import numpy as np
 
 from fedrun.config import RunConfig, field_type
 from fedrun.errors import FedrunError
-from fedrun.process_tree import PeakMemorySampler, tree_cpu_seconds, tree_memory
+from fedrun.process_tree import PeakMemorySampler, tree_cpu_seconds
 
 SYSTEMS = ("fedrun", "tff_local", "tf_loop")
 LABELS = {"fedrun": "fedrun", "tff_local": "TFF local context", "tf_loop": "TF loop"}
