@@ -9,9 +9,13 @@ import psutil
 
 @dataclass(frozen=True)
 class TreeMemory:
-    rss: int  # resident bytes summed over the tree; pages shared between processes count in each
-    pss: int  # proportional set size: shared pages split between the processes sharing them
-    processes: dict[str, int]  # "pid name" -> that process's PSS
+    # Resident bytes summed over the tree: pages two of its processes share count twice, so this
+    # is an upper bound, but it does not depend on what other processes run on the machine.
+    rss: int
+    # Proportional set size: each shared page split between all processes mapping it, including
+    # processes outside the tree (other TensorFlow programs lower it), so it moves with them.
+    pss: int
+    processes: dict[str, dict[str, int]]  # "pid name" -> {"rss": bytes, "pss": bytes}
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -42,7 +46,7 @@ def tree_memory(pid: int) -> TreeMemory:
             continue
         rss += info.rss
         pss += info.pss
-        processes[f"{process.pid} {name}"] = info.pss
+        processes[f"{process.pid} {name}"] = {"rss": info.rss, "pss": info.pss}
     return TreeMemory(rss, pss, processes)
 
 

@@ -19,7 +19,8 @@ def tff_local_context() -> Iterator[None]:
     """Installs TFF's sync local C++ context for the duration of the block.
 
     TFF starts its own worker_binary and stops it only in a finalizer (it leaks on a normal
-    exit): the block ends by running that finalizer, then stops anything it left.
+    exit), which sends SIGINT and waits without a bound (forever, if SIGINT is ignored): the block
+    ends by terminating what TFF started, letting the finalizer reap it, then killing what is left.
     """
     me = psutil.Process()
     before = {p.pid for p in me.children(recursive=True)}
@@ -28,11 +29,11 @@ def tff_local_context() -> Iterator[None]:
         with tff.framework.get_context_stack().install(context):
             yield
     finally:
-        del context
-        gc.collect()
         started = [p for p in me.children(recursive=True) if p.pid not in before]
         for process in started:
             process.terminate()
+        del context
+        gc.collect()
         _, alive = psutil.wait_procs(started, timeout=5)
         for process in alive:
             process.kill()

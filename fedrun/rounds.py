@@ -2,9 +2,11 @@
 
 `up_to_merge` runs per shard (dynamically dispatched), partial aggregates are folded with
 `merge` strictly in shard order, so the result does not depend on which worker finished first,
-and `after_merge` finishes the computation on the server side.
+and `after_merge` finishes the computation on the server side. The fold and `after_merge` run
+as one call: each call costs a round trip and a few milliseconds of fixed overhead.
 """
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,8 +20,20 @@ def run_sharded(dispatcher: Dispatcher, form: tff.framework.MergeableCompForm, s
                 client_keys: Sequence[str], shards: Sequence[Shard]) -> tuple[Any, list[ShardTiming]]:
     shard_args = [[server_arg, [client_keys[p] for p in shard.positions]] for shard in shards]
     partials, timings = dispatcher.map(form.up_to_merge, shard_args)
-    merged = partials[0]
-    for partial in partials[1:]:
-        merged = dispatcher.call(form.merge, [merged, partial])
-    result = dispatcher.call(form.after_merge, [[server_arg, list(client_keys)], merged])
+    result = dispatcher.call(merge_and_finish(form, len(partials)), [[server_arg, list(client_keys)], partials])
     return result, timings
+
+
+@functools.cache  # a form hashes by identity: one computation per form and number of partials
+def merge_and_finish(form: tff.framework.MergeableCompForm, num_partials: int) -> tff.Computation:
+    """`after_merge(arg, merge(...merge(merge(p1, p2), p3)..., pn))` as one computation."""
+    partial = tff.FederatedType(form.merge.type_signature.result, tff.SERVER)
+
+    @tff.federated_computation(form.after_merge.type_signature.parameter[0], [partial] * num_partials)
+    def finish(original_arg, partials):
+        merged = partials[0]
+        for index in range(1, num_partials):
+            merged = tff.federated_map(form.merge, tff.federated_zip([merged, partials[index]]))
+        return form.after_merge(original_arg, merged)
+
+    return finish

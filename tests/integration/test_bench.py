@@ -29,6 +29,7 @@ def result(tmp_path_factory):
                                 "--rounds-memory", "12", "--out", str(out)),
                          capture_output=True, text=True, timeout=840)
     assert run.returncode == 0, run.stdout + run.stderr
+    assert "left" not in run.stderr, run.stderr  # every system stopped all it started
     for heading in ("examples/s (median)", "fedrun / TF loop", "round latency vs clients per round",
                     "round latency vs workers", "process-tree memory over 12 rounds", "targets"):
         assert heading in run.stdout
