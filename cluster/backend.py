@@ -34,6 +34,10 @@ class WorkerStartError(WorkerError):
 class WorkerBackend(abc.ABC):
     """Starts, watches and stops the workers of one federated run."""
 
+    # Whether `replace` starts a new process (and so frees what the old one held), rather than
+    # reconnecting to a worker run by someone else.
+    starts_workers: bool = True
+
     @abc.abstractmethod
     def start(self, num_workers: int) -> list[Worker]:
         """Starts workers and returns once all accept gRPC connections.

@@ -68,6 +68,7 @@ class StaticWorkerOptions:
 
 
 class StaticBackend(WorkerBackend):
+    starts_workers = False
     """Connects to workers at fixed addresses; worker ids are "static-0", "static-1", ..."""
 
     def __init__(self, options: StaticWorkerOptions) -> None:

@@ -44,15 +44,12 @@ class _Fedrun:
         from fedrun.coordinator import Coordinator
         from fedrun.dispatch import Dispatcher
         from fedrun.results import RunDirectory
-        from fedrun.worker_session import WorkerSession
 
         run_path = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="fedrun-bench-")))
         backend = self._stack.enter_context(
             create_backend(self.workload.backend, **backend_options(self.workload, run_path)))
-        sessions = [WorkerSession(w, self.workload.rpc_timeout_s)
-                    for w in backend.start(self.workload.workers)]
-        self._stack.callback(lambda: [s.close() for s in sessions])
-        dispatcher = Dispatcher(sessions, backend.is_alive)
+        dispatcher = Dispatcher.start(backend, self.workload.workers, self.workload.rpc_timeout_s)
+        self._stack.callback(dispatcher.close)
         self.coordinator = Coordinator(self.workload, self.source, self.algorithm, dispatcher,
                                        RunDirectory(run_path))
         self.state = dispatcher.call(self.algorithm.training.initialize)
@@ -60,6 +57,7 @@ class _Fedrun:
     def train_round(self, round_num: int, clients: int) -> dict[str, Any]:
         from fedrun.cohort import training_cohort
 
+        self.coordinator.recycle_workers_if_due(round_num)  # as `fedrun run` does, for long runs
         cohort = training_cohort(self.source, self.workload.seed, round_num, clients)
         self.state, record = self.coordinator.train_round(round_num, self.state, cohort)
         start = record.start
@@ -166,7 +164,8 @@ def _algorithm(workload: RunConfig, source):
 
     return build_algorithm(source, model=workload.model, epochs=workload.epochs,
                            batch_size=workload.batch_size, shuffle_buffer=workload.shuffle_buffer,
-                           client_lr=workload.client_lr, server_lr=workload.server_lr)
+                           client_lr=workload.client_lr, server_lr=workload.server_lr,
+                           client_loop=workload.client_loop)
 
 
 def _serve(conn: multiprocessing.connection.Connection, kind: str, workload: RunConfig) -> None:

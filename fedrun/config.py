@@ -14,6 +14,7 @@ from fedrun.errors import FedrunError
 OPTIMIZERS = ("sgd", "adam")
 EVAL_GROUPS = ("round_clients", "heldout", "sample")
 DATA_PLACEMENTS = ("workers", "coordinator")
+CLIENT_LOOPS = ("iterator", "reduce")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,13 @@ class RunConfig:
     worker_max_concurrent_calls: int = 2
     worker_start_timeout_s: float = 60.0
     rpc_timeout_s: float = 600.0
+    # TFF's worker grows by about 14 MiB per 100 rounds (measured): replace each worker with a fresh
+    # one after every N rounds (0 = never). Results do not change; fedrun-started workers only.
+    recycle_workers_every: int = 200
     data_placement: str = "workers"  # "workers": they build client data from keys; "coordinator": it ships tensors
+    # How a client steps through its batches: "iterator" (TFF's DATASET_ITERATOR) or "reduce" (TFF's
+    # default DATASET_REDUCE, which TF 2.14 re-instantiates for every client: ~2x the CPU per example here).
+    client_loop: str = "iterator"
     # Worker isolation and externally run workers.
     worker_isolation: str = "auto"  # local workers: "netns", "none", or "auto" (netns if possible)
     worker_binary: str = ""  # "" = the worker_binary shipped with tensorflow_federated
@@ -85,6 +92,9 @@ class RunConfig:
             raise ValueError(f"eval_clients must be 0 (none) or a number of clients, got {self.eval_clients}")
         if self.eval_every < 0:
             raise ValueError(f"eval_every must be 0 (never) or a number of rounds, got {self.eval_every}")
+        if self.recycle_workers_every < 0:
+            raise ValueError(f"recycle_workers_every must be 0 (never) or a number of rounds, "
+                             f"got {self.recycle_workers_every}")
         if self.shards < 0:
             raise ValueError(f"shards must be 0 (one per worker) or a positive count, got {self.shards}")
         for name in ["client_momentum", "server_momentum", "worker_gpus"]:
@@ -118,6 +128,8 @@ class RunConfig:
         if self.data_placement not in DATA_PLACEMENTS:
             raise ValueError(f"data_placement must be one of {', '.join(DATA_PLACEMENTS)}, "
                              f"got {self.data_placement!r}")
+        if self.client_loop not in CLIENT_LOOPS:
+            raise ValueError(f"client_loop must be one of {', '.join(CLIENT_LOOPS)}, got {self.client_loop!r}")
         if self.data == "synthetic" and self.clients_per_round > self.population:
             raise ValueError(f"clients_per_round ({self.clients_per_round}) exceeds the population "
                              f"({self.population}): lower --clients-per-round or raise --population")
@@ -129,7 +141,7 @@ class RunConfig:
                      "worker_gpus", "worker_resources", "placement_strategy", "metrics_port",
                      "metrics_host", "pushgateway", "tensorboard", "out", "progress", "checkpoint_every",
                      "worker_isolation", "worker_addresses", "allow_remote_workers", "worker_binary",
-                     "data_placement"}
+                     "data_placement", "client_loop", "recycle_workers_every"}
         return [name for name in FIELDS if name not in execution
                 and getattr(self, name) != getattr(other, name)]
 

@@ -24,13 +24,15 @@ class Coordinator:
 
     def __init__(self, config: RunConfig, source: ClientDataSource, algorithm: FederatedAlgorithm,
                  dispatcher: Dispatcher, run_dir: RunDirectory,
-                 on_round: Callable[[RoundRecord], None] = lambda record: None):
+                 on_round: Callable[[RoundRecord], None] = lambda record: None,
+                 recycle_workers: bool = True):
         self.config = config
         self.source = source
         self.algorithm = algorithm
         self.dispatcher = dispatcher
         self.run_dir = run_dir
         self.on_round = on_round
+        self.recycle_workers = recycle_workers  # False where fedrun does not start the workers
         self._t0 = time.monotonic()
 
     def run(self, resume: bool = False) -> Any:
@@ -42,6 +44,7 @@ class Coordinator:
         if resume:
             state, done = self._restore(state)
         for round_num in range(done + 1, self.config.rounds + 1):
+            self.recycle_workers_if_due(round_num)
             cohort = training_cohort(self.source, self.config.seed, round_num, self.config.clients_per_round)
             state, record = self.train_round(round_num, state, cohort)
             if self.config.eval_every and round_num % self.config.eval_every == 0:
@@ -54,6 +57,12 @@ class Coordinator:
         weights = state.global_model_weights
         self.run_dir.save_weights(list(weights.trainable), list(weights.non_trainable))
         return state
+
+    def recycle_workers_if_due(self, round_num: int) -> None:
+        """Fresh workers before every `recycle_workers_every`-th round after the first."""
+        every = self.config.recycle_workers_every
+        if every and round_num > 1 and (round_num - 1) % every == 0 and self.recycle_workers:
+            self.dispatcher.recycle()
 
     def _restore(self, template: Any) -> tuple[Any, int]:
         checkpoint = load_checkpoint(self.run_dir.path, template)
@@ -102,6 +111,7 @@ class Coordinator:
             bytes_from_workers=received_after - received,
             workers=len(self.dispatcher.workers),
             failures=[dataclasses.asdict(f) for f in failures],
+            recycled=self.dispatcher.take_recycled(),
             train=train,
         )
         return output.state, record

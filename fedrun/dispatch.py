@@ -16,6 +16,7 @@ from typing import Any
 
 import tensorflow_federated as tff
 
+from cluster import WorkerBackend
 from fedrun.errors import FedrunError
 from fedrun.worker_session import WorkerCallError, WorkerSession
 
@@ -59,6 +60,18 @@ class Dispatcher:
         self._replace = replace
         self._clock = clock
         self._failures: list[WorkerFailure] = []
+        self._recycled: list[str] = []
+
+    @classmethod
+    def start(cls, backend: WorkerBackend, num_workers: int, rpc_timeout_s: float) -> "Dispatcher":
+        """Starts the backend's workers; a failed or recycled worker's slot is refilled by it."""
+        return cls([WorkerSession(w, rpc_timeout_s) for w in backend.start(num_workers)], backend.is_alive,
+                   lambda worker_id: WorkerSession(backend.replace(worker_id), rpc_timeout_s))
+
+    def close(self, wait: bool = True) -> None:
+        """Closes the sessions to the current workers (the backend stops the workers)."""
+        for session in self._sessions:
+            session.close(wait=wait)
 
     @property
     def workers(self) -> list[str]:
@@ -73,6 +86,25 @@ class Dispatcher:
         """Failures since the last call, for the round's record."""
         failures, self._failures = self._failures, []
         return failures
+
+    def take_recycled(self) -> list[str]:
+        """Workers recycled since the last call, for the round's record."""
+        recycled, self._recycled = self._recycled, []
+        return recycled
+
+    def recycle(self) -> None:
+        """Replaces every worker with a fresh one, between rounds. Work is a pure function of its
+        arguments, so results do not change; a slot that cannot be refilled is dropped."""
+        if self._replace is None:
+            return
+        for session in list(self._sessions):
+            worker_id = session.worker.worker_id
+            self._sessions.remove(session)
+            session.close(wait=False)
+            replacement = self._replacement(worker_id)
+            if replacement is not None:
+                self._sessions.append(replacement)
+                self._recycled.append(worker_id)
 
     def call(self, comp: tff.Computation, arg: Any = None) -> Any:
         """One whole computation on one worker (small server-side steps)."""

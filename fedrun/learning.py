@@ -24,6 +24,9 @@ OPTIMIZERS: dict[str, Callable[[float, float], tff.learning.optimizers.Optimizer
     "adam": lambda lr, momentum: tff.learning.optimizers.build_adam(learning_rate=lr),
 }
 
+CLIENT_LOOPS = {"iterator": tff.learning.LoopImplementation.DATASET_ITERATOR,
+                "reduce": tff.learning.LoopImplementation.DATASET_REDUCE}
+
 
 @dataclass(frozen=True)
 class FederatedAlgorithm:
@@ -39,7 +42,7 @@ def build_algorithm(source: ClientDataSource, *, model: str, epochs: int, batch_
                     shuffle_buffer: int, client_lr: float, server_lr: float,
                     client_optimizer: str = "sgd", client_momentum: float = 0.0,
                     server_optimizer: str = "sgd", server_momentum: float = 0.0,
-                    data_placement: str = "workers") -> FederatedAlgorithm:
+                    data_placement: str = "workers", client_loop: str = "iterator") -> FederatedAlgorithm:
     prep = Preprocessing(epochs=epochs, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
     train_data = preprocessing.train_dataset_computation(source, prep)
     eval_data = preprocessing.eval_dataset_computation(source, prep)
@@ -49,8 +52,9 @@ def build_algorithm(source: ClientDataSource, *, model: str, epochs: int, batch_
         model_fn,
         client_optimizer_fn=OPTIMIZERS[client_optimizer](client_lr, client_momentum),
         server_optimizer_fn=OPTIMIZERS[server_optimizer](server_lr, server_momentum),
+        loop_implementation=CLIENT_LOOPS[client_loop],
     )
-    fed_eval = tff.learning.algorithms.build_fed_eval(model_fn)
+    fed_eval = tff.learning.algorithms.build_fed_eval(model_fn, loop_implementation=CLIENT_LOOPS[client_loop])
     if data_placement == "workers":
         training = tff.simulation.compose_dataset_computation_with_learning_process(train_data, fed_avg)
         evaluation = tff.simulation.compose_dataset_computation_with_learning_process(eval_data, fed_eval)

@@ -94,6 +94,8 @@ class PrometheusMetrics:
         self.failures = counter("fedrun_worker_failures_total", "Worker failures seen by the coordinator.",
                                 ("worker",))
         self.retries = counter("fedrun_shard_retries_total", "Shards dispatched again after a failure.")
+        self.recycles = counter("fedrun_worker_recycles_total",
+                                "Workers replaced by fresh ones between rounds (recycle_workers_every).")
         self.round = gauge("fedrun_round", "Number of the last completed training round (0 before the first).")
         self.rounds_planned = gauge("fedrun_rounds_planned", "Training rounds the run is configured for.")
         self.workers_alive = gauge("fedrun_workers_alive", "Workers in the pool, as of the last round's end.")
@@ -140,6 +142,7 @@ class PrometheusMetrics:
             for failure in record.failures:  # each failed shard was queued again
                 self.record_failure(failure["worker"])
                 self.record_retry()
+            self.recycles.inc(len(record.recycled))
             self.round.set(record.round)
         self._push()
 

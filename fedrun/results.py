@@ -45,6 +45,7 @@ class RoundRecord:
     train: dict[str, float]
     eval: dict[str, dict[str, float]] = field(default_factory=dict)
     eval_latency_s: float = 0.0
+    recycled: list[str] = field(default_factory=list)  # workers made fresh before the round
 
 
 class RunDirectory:

@@ -10,7 +10,6 @@ from fedrun.errors import FedrunError
 from fedrun.learning import build_algorithm
 from fedrun.observers import Observers, RunObserver
 from fedrun.results import RunDirectory
-from fedrun.worker_session import WorkerSession
 
 
 def simulate(config: RunConfig, observers: list[RunObserver], resume: bool = False) -> None:
@@ -25,29 +24,22 @@ def simulate(config: RunConfig, observers: list[RunObserver], resume: bool = Fal
                           f"--clients-per-round {config.clients_per_round}: lower it (or --eval-clients)")
     events = Observers(observers)
     with create_backend(config.backend, **backend_options(config, run_dir.path)) as backend:
-        sessions = [WorkerSession(w, config.rpc_timeout_s) for w in backend.start(config.workers)]
-
-        def replace(worker_id: str) -> WorkerSession:
-            session = WorkerSession(backend.replace(worker_id), config.rpc_timeout_s)
-            sessions.append(session)
-            return session
-
+        dispatcher = Dispatcher.start(backend, config.workers, config.rpc_timeout_s)
         try:
             algorithm = build_algorithm(
                 source, model=config.model, epochs=config.epochs, batch_size=config.batch_size,
                 shuffle_buffer=config.shuffle_buffer, client_lr=config.client_lr, server_lr=config.server_lr,
                 client_optimizer=config.client_optimizer, client_momentum=config.client_momentum,
                 server_optimizer=config.server_optimizer, server_momentum=config.server_momentum,
-                data_placement=config.data_placement)
+                data_placement=config.data_placement, client_loop=config.client_loop)
             if not resume:
                 run_dir.start_fresh()
             run_dir.write_config(config)
             events.on_start(config, backend.workers())
             try:
-                dispatcher = Dispatcher(sessions, backend.is_alive, replace)
-                Coordinator(config, source, algorithm, dispatcher, run_dir, events.on_round).run(resume)
+                Coordinator(config, source, algorithm, dispatcher, run_dir, events.on_round,
+                            recycle_workers=backend.starts_workers).run(resume)
             finally:
                 events.on_end()
         finally:
-            for session in sessions:
-                session.close(wait=False)
+            dispatcher.close(wait=False)

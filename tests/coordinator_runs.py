@@ -13,7 +13,6 @@ from fedrun.dispatch import Dispatcher
 from fedrun.learning import FederatedAlgorithm, build_algorithm
 from fedrun.reference import reference_training, tff_local_context
 from fedrun.results import RunDirectory, read_rounds
-from fedrun.worker_session import WorkerSession
 
 
 def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgorithm:
@@ -22,7 +21,7 @@ def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgor
         shuffle_buffer=config.shuffle_buffer, client_lr=config.client_lr, server_lr=config.server_lr,
         client_optimizer=config.client_optimizer, client_momentum=config.client_momentum,
         server_optimizer=config.server_optimizer, server_momentum=config.server_momentum,
-        data_placement=config.data_placement)
+        data_placement=config.data_placement, client_loop=config.client_loop)
 
 
 def run_coordinator(config: RunConfig, source: ClientDataSource, algorithm: FederatedAlgorithm,
@@ -31,12 +30,11 @@ def run_coordinator(config: RunConfig, source: ClientDataSource, algorithm: Fede
     run_dir = RunDirectory(out)
     run_dir.start_fresh()
     with LocalProcessBackend() as backend:
-        sessions = [WorkerSession(w, config.rpc_timeout_s) for w in backend.start(config.workers)]
+        dispatcher = Dispatcher.start(backend, config.workers, config.rpc_timeout_s)
         try:
-            state = Coordinator(config, source, algorithm, Dispatcher(sessions, backend.is_alive), run_dir).run()
+            state = Coordinator(config, source, algorithm, dispatcher, run_dir).run()
         finally:
-            for session in sessions:
-                session.close()
+            dispatcher.close()
     return state, read_rounds(run_dir.rounds_file)
 
 

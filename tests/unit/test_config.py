@@ -52,6 +52,7 @@ def test_missing_file_names_the_path(tmp_path: Path):
     ({"server_lr": -1.0}, "server_lr must be greater than 0"),
     ({"clients_per_round": 50, "population": 40}, "exceeds the population"),
     ({"workers": 0}, "workers must be at least 1"),
+    ({"client_loop": "while"}, "client_loop must be one of iterator, reduce"),
 ])
 def test_out_of_range_values_are_rejected(values, message):
     with pytest.raises(FedrunError, match=message):
