@@ -29,10 +29,13 @@ _LOG = logging.getLogger(__name__)
 _POLL_INTERVAL_S = 0.05
 _STOP_GRACE_S = 5.0  # the binary exits at once on SIGTERM; this only bounds a stuck one
 _LOG_TAIL_CHARS = 2000
-# Measured 1.57x faster per round with max_concurrent_computation_calls=2 on 2 cores.
-_SINGLE_THREADED_OPS_ENV = {
+# One thread inside an op, two ops at a time (a client's input pipeline beside its training
+# step), with max_concurrent_computation_calls=2. Measured on 2 cores, 2 workers, TFF's iterator
+# client loop, against the TF loop in the same run: 1.89x with these, 1.47x with one inter-op
+# thread, 1.61x without limits, 1.70x with two intra-op threads.
+_OP_THREADS_ENV = {
     "TF_NUM_INTRAOP_THREADS": "1",
-    "TF_NUM_INTEROP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "2",
     "OMP_NUM_THREADS": "1",
 }
 _MAX_GRPC_MESSAGE_MB = 2047  # gRPC message sizes are 32-bit byte counts
@@ -52,7 +55,7 @@ class LocalWorkerOptions:
 
     binary: Path | None = None  # None: the worker_binary shipped with tensorflow_federated
     max_concurrent_computation_calls: int = 2  # -1: no limit
-    single_threaded_ops: bool = True
+    limit_op_threads: bool = True  # _OP_THREADS_ENV; False: TensorFlow's defaults (one thread per core)
     ready_timeout_s: float = 60.0
     grpc_max_message_mb: int = 2000
     log_dir: Path | None = None  # None: a private directory removed at stop()
@@ -91,8 +94,8 @@ class LocalWorkerOptions:
     def worker_environment(self) -> dict[str, str]:
         """This process's environment plus the thread limits the binary honours."""
         env = dict(os.environ)
-        if self.single_threaded_ops:
-            env.update(_SINGLE_THREADED_OPS_ENV)
+        if self.limit_op_threads:
+            env.update(_OP_THREADS_ENV)
         return env
 
 

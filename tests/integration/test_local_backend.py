@@ -137,6 +137,7 @@ def test_start_gives_distinct_ready_workers_listening_on_their_targets(
         worker_process = psutil.Process(pid)
         assert "--max_concurrent_computation_calls=2" in worker_process.cmdline()
         assert worker_process.environ()["TF_NUM_INTRAOP_THREADS"] == "1"
+        assert worker_process.environ()["TF_NUM_INTEROP_THREADS"] == "2"
     with pytest.raises(WorkerError, match="stop"):
         backend.start(1)
 

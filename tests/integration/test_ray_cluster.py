@@ -159,6 +159,7 @@ def test_spread_puts_one_worker_on_each_node(cluster: RayTestCluster) -> None:
             # Each node's one declared GPU, and the flags and thread limits of a local worker.
             assert binary.environ()["CUDA_VISIBLE_DEVICES"] == "0"
             assert binary.environ()["TF_NUM_INTRAOP_THREADS"] == "1"
+            assert binary.environ()["TF_NUM_INTEROP_THREADS"] == "2"
             assert "--max_concurrent_computation_calls=2" in binary.cmdline()
         assert fedrun_placement_group_states().count("CREATED") == 1
     finally:
