@@ -129,6 +129,28 @@ def summarize(setup: dict[str, float], rounds: list[dict[str, Any]], peak_rss: i
     }
 
 
+def time_split(rounds: list[dict[str, Any]]) -> dict[str, float]:
+    """Where fedrun's steady rounds go, medians in ms: the coordinator before the first shard is
+    sent (arguments, sharding), the shards (workers training, gRPC included), the last worker's
+    lead over the first to finish (the other one idles), the merge and `after_merge` call after
+    the last shard, and the rest (sampling the cohort, recycling)."""
+    steady = rounds[1:]
+
+    def median_ms(values: Sequence[float]) -> float:
+        return 1000 * _median(values)
+
+    first_start = [min(s["start"] for s in r["shards"]) for r in steady]
+    last_end = [max(s["end"] for s in r["shards"]) for r in steady]
+    first_end = [min(s["end"] for s in r["shards"]) for r in steady]
+    return {
+        "before_first_shard": median_ms(first_start),
+        "shards": median_ms([b - a for a, b in zip(first_start, last_end)]),
+        "last_worker_lead": median_ms([b - a for a, b in zip(first_end, last_end)]),
+        "merge_and_after_merge": median_ms([r["coordinator_latency_s"] - e for r, e in zip(steady, last_end)]),
+        "outside_train_round": median_ms([r["latency_s"] - r["coordinator_latency_s"] for r in steady]),
+    }
+
+
 def ratios(systems: dict[str, dict[str, Any]], numerator: str, denominator: str) -> dict[str, float]:
     """`numerator` / `denominator`: of median examples/s, and the median of per-round ratios of
     examples/s (rounds of the same number train the same clients and ran back to back)."""
@@ -201,6 +223,7 @@ def compare(bench: BenchConfig) -> dict[str, Any]:
         test = children["tf_loop"].call("evaluate", weights)
         systems = {s: summarize(setup[s], rounds[s], *sampler.peaks(s), dataclasses.asdict(final[s]))
                    for s in SYSTEMS}
+    systems["fedrun"]["time_split_ms"] = time_split(rounds["fedrun"])
     for s in SYSTEMS:
         systems[s]["test"] = test[s]
     return {
@@ -388,6 +411,8 @@ def comparison_table(result: dict[str, Any]) -> str:
         *(f"fedrun / {LABELS[other]}: {r[f'fedrun_vs_{other}']['examples_per_s']:.2f}x examples/s "
           f"(per-round pairs: {r[f'fedrun_vs_{other}']['examples_per_s_paired_median']:.2f}x)"
           for other in SYSTEMS[1:]),
+        "fedrun's round (medians): " + ", ".join(
+            f"{name.replace('_', ' ')} {ms:.0f} ms" for name, ms in systems["fedrun"]["time_split_ms"].items()),
         "agreement with TFF local context: max |w - w_tff| "
         + ", ".join(f"{LABELS[s]} {a[f'{s}_vs_tff_local_max_weight_diff']:.1e}" for s in SYSTEMS if s != "tff_local")
         + f"; test accuracy spread {a['test_accuracy_max_diff']:.1e}: {'OK' if a['passed'] else 'FAILED'}",

@@ -29,14 +29,25 @@ from fedrun.config import RunConfig
 from fedrun.errors import FedrunError
 from fedrun.process_tree import PeakMemorySampler, tree_cpu_seconds
 
-class _Fedrun:
-    """fedrun itself: local worker processes driven by the coordinator's `train_round`."""
+
+class _TffSystem:
+    """A system that runs fedrun's TFF learning process; `start` enters what `close` leaves."""
 
     def __init__(self, workload: RunConfig):
         self.workload = workload
         self.source = _source(workload)
         self.algorithm = _algorithm(workload, self.source)
         self._stack = contextlib.ExitStack()
+
+    def weights(self) -> list[np.ndarray]:
+        return [np.asarray(w) for w in self.state.global_model_weights.trainable]
+
+    def close(self) -> None:
+        self._stack.close()
+
+
+class _Fedrun(_TffSystem):
+    """fedrun itself: local worker processes driven by the coordinator's `train_round`."""
 
     def start(self) -> None:
         from cluster import create_backend
@@ -62,24 +73,13 @@ class _Fedrun:
         self.state, record = self.coordinator.train_round(round_num, self.state, cohort)
         start = record.start
         return {**record.train, "clients": record.clients, "bytes_to_workers": record.bytes_to_workers,
+                "coordinator_latency_s": record.latency_s,
                 "shards": [{"worker": s.worker, "examples": s.examples,
                             "start": s.start - start, "end": s.end - start} for s in record.shards]}
 
-    def weights(self) -> list[np.ndarray]:
-        return [np.asarray(w) for w in self.state.global_model_weights.trainable]
 
-    def close(self) -> None:
-        self._stack.close()
-
-
-class _TffLocal:
+class _TffLocal(_TffSystem):
     """TFF 0.87's ordinary single-process local context running the same learning process."""
-
-    def __init__(self, workload: RunConfig):
-        self.workload = workload
-        self.source = _source(workload)
-        self.algorithm = _algorithm(workload, self.source)
-        self._stack = contextlib.ExitStack()
 
     def start(self) -> None:
         from fedrun.reference import tff_local_context
@@ -95,12 +95,6 @@ class _TffLocal:
         output = self.algorithm.training.next(self.state, self.algorithm.train_data(cohort.keys))
         self.state = output.state
         return {**train_metrics(output.metrics), "clients": clients}
-
-    def weights(self) -> list[np.ndarray]:
-        return [np.asarray(w) for w in self.state.global_model_weights.trainable]
-
-    def close(self) -> None:
-        self._stack.close()
 
 
 class _TfLoop:

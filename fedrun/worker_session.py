@@ -56,6 +56,7 @@ class _BoundedStub(tff.framework.RemoteExecutorStub):
         self._timeout_s = timeout_s
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.closed = False
 
     def _call(self, rpc: str, request):
         try:
@@ -86,11 +87,13 @@ class _BoundedStub(tff.framework.RemoteExecutorStub):
     def compute(self, request):
         return self._call("Compute", request)
 
+    # TFF disposes of values from finalizers, some at interpreter exit: once the session closed
+    # the channel they can no longer be sent, and raising there only prints a traceback.
     def dispose(self, request):
-        return self._call("Dispose", request)
+        return None if self.closed else self._call("Dispose", request)
 
     def dispose_executor(self, request):
-        return self._call("DisposeExecutor", request)
+        return None if self.closed else self._call("DisposeExecutor", request)
 
     @property
     def is_ready(self) -> bool:
@@ -221,4 +224,5 @@ class WorkerSession:
         self._loop.call_soon_threadsafe(self._loop.stop)
         if wait:
             self._thread.join(timeout=5)
+        self._stub.closed = True
         self._channel.close()

@@ -47,6 +47,12 @@ def test_every_system_has_every_number(result):
         assert system["round_latency_p95_s"] >= system["round_latency_median_s"] > 0
         assert system["cpu_cores_busy"] > 0
         assert system["peak_tree_rss_bytes"] >= system["peak_tree_pss_bytes"] > 0
+    # fedrun's round split into coordinator, shards and merge, from its own shard timings.
+    split = result["systems"]["fedrun"]["time_split_ms"]
+    assert set(split) == {"before_first_shard", "shards", "last_worker_lead", "merge_and_after_merge",
+                          "outside_train_round"}
+    assert all(value >= 0 for value in split.values())
+    assert 0 < split["shards"] <= 1000 * max(r["latency_s"] for r in result["systems"]["fedrun"]["rounds"][1:])
     # fedrun's tree is the coordinator and its workers: their memory is counted.
     processes = result["systems"]["fedrun"]["final_tree_memory"]["processes"]
     assert sum("worker_binary" in name for name in processes) == 2
