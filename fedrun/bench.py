@@ -65,6 +65,7 @@ class BenchConfig:
     scale_clients: tuple[int, ...] = DEFAULT_SCALE_CLIENTS
     scale_rounds: int = 3  # timed rounds per point of the scale tables, after one untimed round
     rounds_memory: int = 0  # 0: off; otherwise fedrun rounds for the long memory check
+    repeat: int = 1  # comparisons run one after another; the median one is reported
 
     def __post_init__(self) -> None:
         w = self.workload
@@ -86,6 +87,8 @@ class BenchConfig:
         if self.scale and max(self.scale_clients) > w.population:
             raise ValueError(f"scale_clients go up to {max(self.scale_clients)}, more than the population "
                              f"({w.population}): raise --population or lower --scale-clients")
+        if self.repeat < 1:
+            raise ValueError(f"repeat must be at least 1, got {self.repeat}")
         if self.scale_rounds < 1:
             raise ValueError(f"scale_rounds must be at least 1, got {self.scale_rounds}")
         if self.rounds_memory and self.rounds_memory <= MEMORY_CHECKPOINT_ROUND:
@@ -328,23 +331,37 @@ def rounds_memory(bench: BenchConfig, on_progress: Callable[[str], None] = lambd
 
 
 def _growth(trace: list[dict[str, Any]]) -> dict[str, float]:
-    """RSS growth per 100 rounds of each process and of the tree, from round 10 (or the first
-    sample) to the last; a process that ended meanwhile counts as 0."""
+    """RSS growth per 100 rounds of the tree and of each process alive throughout, from round 10
+    (or the first sample) to the last. Recycled workers are new processes: they count in the tree."""
     later = [t for t in trace if t["round"] >= MEMORY_CHECKPOINT_ROUND] or trace
     first, last = later[0], later[-1]
     span = max(1, last["round"] - first["round"])
 
-    def rss(sample: dict[str, Any], name: str) -> int:
-        return sample["processes"].get(name, {}).get("rss", 0)
+    throughout = first["processes"].keys() & last["processes"].keys()
+    return {name: 100 * (last["processes"][name]["rss"] - first["processes"][name]["rss"]) / span
+            for name in sorted(throughout)} | {"tree": 100 * (last["rss"] - first["rss"]) / span}
 
-    return {name: 100 * (rss(last, name) - rss(first, name)) / span for name in first["processes"]} | {
-        "tree": 100 * (last["rss"] - first["rss"]) / span}
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The comparison whose fedrun / TF loop examples/s ratio is the median (the lower of the two
+    middle ones for an even count): every number reported then comes from one real run."""
+    ranked = sorted(runs, key=lambda run: run["ratios"]["fedrun_vs_tf_loop"]["examples_per_s"])
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def run_bench(bench: BenchConfig, print_line: Callable[[str], None] = print) -> dict[str, Any]:
     result: dict[str, Any] = {"workload": _workload_fields(bench.workload), "machine": _machine()}
-    result.update(compare(bench))
-    print_line(comparison_table(result))
+    runs = []
+    for index in range(bench.repeat):
+        runs.append(compare(bench))
+        if bench.repeat > 1:
+            print_line(f"comparison {index + 1} of {bench.repeat}")
+        print_line(comparison_table({**result, **runs[-1]}))
+    result.update(median_run(runs))
+    if bench.repeat > 1:
+        result["repeats"] = [{"ratios": run["ratios"], "agreement": run["agreement"]} for run in runs]
+        result["agreement"] = {**result["agreement"], "passed": all(run["agreement"]["passed"] for run in runs)}
+        print_line(repeats_table(result["repeats"]))
     if bench.scale:
         result["scale"] = scale(bench)
         print_line(scale_tables(result["scale"]))
@@ -447,7 +464,17 @@ def memory_table(memory: dict[str, Any]) -> str:
     growth = "; ".join(f"{name}: {rate / 2**20:+.1f} MiB" for name, rate in memory["growth"].items())
     return (f"fedrun process-tree memory over {memory['rounds']} rounds\n"
             + _table(["", "peak RSS", "peak PSS"], rows)
-            + f"\nRSS growth per 100 rounds after round {MEMORY_CHECKPOINT_ROUND}: {growth}")
+            + f"\nRSS growth per 100 rounds after round {MEMORY_CHECKPOINT_ROUND} (tree, and processes alive "
+              f"throughout): {growth}")
+
+
+def repeats_table(repeats: list[dict[str, Any]]) -> str:
+    others = [s for s in SYSTEMS if s != "fedrun"]
+    rows = [[str(i + 1), *(f"{run['ratios'][f'fedrun_vs_{o}']['examples_per_s']:.2f}x" for o in others)]
+            for i, run in enumerate(repeats)]
+    return (f"fedrun's examples/s over {len(repeats)} comparisons (the median one by the TF loop "
+            f"ratio is reported and checked against the targets)\n"
+            + _table(["run", *(f"/ {LABELS[o]}" for o in others)], rows))
 
 
 def targets_table(checks: dict[str, dict[str, Any]]) -> str:
@@ -478,6 +505,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rounds-memory", type=int, default=0, metavar="ROUNDS",
                         help="also run fedrun for ROUNDS rounds (e.g. 1000; long) and report its "
                              "peak process-tree memory after round 10 and after the last")
+    parser.add_argument("--repeat", type=int, default=1, metavar="INT",
+                        help="run the comparison INT times and report the median one: this "
+                             "machine's speed drifts (default: %(default)s)")
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
@@ -489,7 +519,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         workload = RunConfig(**{name: getattr(args, name) for name in WORKLOAD_FIELDS},
                              workers=args.workers, eval_every=0, tensorboard=False, progress=False)
         return BenchConfig(workload=workload, out=args.out, scale=args.scale, scale_clients=scale_clients,
-                           scale_rounds=args.scale_rounds, rounds_memory=args.rounds_memory)
+                           scale_rounds=args.scale_rounds, rounds_memory=args.rounds_memory,
+                           repeat=args.repeat)
     except ValueError as e:
         raise FedrunError(f"invalid benchmark configuration: {e}") from None
 
