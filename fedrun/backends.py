@@ -14,6 +14,8 @@ def _process_options(config: RunConfig, log_dir: Path | None, isolation: str):
     return LocalWorkerOptions(
         binary=Path(config.worker_binary) if config.worker_binary else None,
         max_concurrent_computation_calls=config.worker_max_concurrent_calls,
+        intra_op_threads=config.worker_intra_op_threads,
+        inter_op_threads=config.worker_inter_op_threads,
         ready_timeout_s=config.worker_start_timeout_s,
         log_dir=log_dir,
         isolation=isolation,

@@ -36,7 +36,8 @@ LABELS = {"fedrun": "fedrun", "tff_local": "TFF local context", "tff_local_same_
 # The workload flags `fedrun bench` takes; everything else keeps RunConfig's defaults.
 WORKLOAD_FIELDS = ("rounds", "clients_per_round", "epochs", "batch_size", "shuffle_buffer", "client_lr",
                    "server_lr", "seed", "data", "data_dir", "population", "model", "eval_clients",
-                   "worker_isolation", "client_loop")
+                   "worker_isolation", "client_loop", "worker_max_concurrent_calls", "worker_intra_op_threads",
+                   "worker_inter_op_threads")
 DEFAULT_SCALE_CLIENTS = (16, 32, 64, 128, 256, 512, 1024)
 MEMORY_CHECKPOINT_ROUND = 10  # --rounds-memory reports the peak after this round and after the last
 

@@ -62,6 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--max-concurrent-calls", type=int,
                         default=FIELDS["worker_max_concurrent_calls"].default,
                         help=f"(default: {FIELDS['worker_max_concurrent_calls'].default})")
+    for side in ("intra", "inter"):
+        default = FIELDS[f"worker_{side}_op_threads"].default
+        worker.add_argument(f"--{side}-op-threads", type=int, default=default,
+                            help=f"TensorFlow {side}-op threads, 0 for one per core (default: {default})")
     # --- end `fedrun worker` ---
     # --- `fedrun report` ---
     report = commands.add_parser("report", help="plot a run and summarize it in markdown",
@@ -126,7 +130,9 @@ def run_worker(args: argparse.Namespace) -> int:
     from cluster.foreground import run_foreground_worker
     from cluster.local import LocalWorkerOptions
     try:
-        options = LocalWorkerOptions(max_concurrent_computation_calls=args.max_concurrent_calls)
+        options = LocalWorkerOptions(max_concurrent_computation_calls=args.max_concurrent_calls,
+                                     intra_op_threads=args.intra_op_threads,
+                                     inter_op_threads=args.inter_op_threads)
         return run_foreground_worker(args.port, options)
     except (ValueError, WorkerError) as e:
         print(f"fedrun: error: {e}", file=sys.stderr)

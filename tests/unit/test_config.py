@@ -53,6 +53,7 @@ def test_missing_file_names_the_path(tmp_path: Path):
     ({"clients_per_round": 50, "population": 40}, "exceeds the population"),
     ({"workers": 0}, "workers must be at least 1"),
     ({"client_loop": "while"}, "client_loop must be one of iterator, reduce"),
+    ({"worker_inter_op_threads": -2}, "worker_inter_op_threads must not be negative"),
 ])
 def test_out_of_range_values_are_rejected(values, message):
     with pytest.raises(FedrunError, match=message):
