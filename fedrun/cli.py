@@ -118,7 +118,7 @@ def observability(config: RunConfig) -> list[RunObserver]:
 
         from fedrun.metrics import PrometheusMetrics
         observers.append(PrometheusMetrics(CollectorRegistry(), port=config.metrics_port, host=config.metrics_host,
-                                           pushgateway=config.pushgateway))
+                                           pushgateway=config.pushgateway, run=str(config.out.resolve())))
     if config.tensorboard:
         from fedrun.tensorboard_log import TensorBoardLog  # loads TensorFlow
         observers.append(TensorBoardLog(config.out / "tb"))

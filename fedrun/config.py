@@ -52,8 +52,8 @@ class RunConfig:
     shards: int = 0  # 0: one shard per worker
     worker_max_concurrent_calls: int = 2
     # TensorFlow threads per worker (0: TensorFlow's default, one per core). Measured with one worker
-    # per core on 2 cores, against the TF loop (fedrun bench): 1 and 2 gave 1.89x; 1 and 1, 1.47x;
-    # 0 and 0, 1.61x; 2 and 2, 1.70x. On bigger nodes with fewer workers, raise them.
+    # per core on 2 cores, against the TF loop: 1 and 2 gave 1.86-1.98x; 1 and 1, 1.60-1.64x;
+    # 0 and 0, 1.80x; 2 and 2, 1.71x (README). On bigger nodes with fewer workers, raise them.
     worker_intra_op_threads: int = 1
     worker_inter_op_threads: int = 2
     worker_start_timeout_s: float = 60.0

@@ -52,10 +52,11 @@ class PrometheusMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry, *, port: int = 0, host: str = "127.0.0.1",
-                 pushgateway: str = ""):
+                 pushgateway: str = "", run: str = ""):
         self._port = port
         self._host = host
         self._pushgateway = pushgateway
+        self._grouping_key = {"run": run} if run else {}  # runs pushing to one gateway stay apart
         self._lock = threading.Lock()
         self._view = _WholeRounds(registry, self._lock)
         self._server: WSGIServer | None = None
@@ -180,7 +181,8 @@ class PrometheusMetrics:
         if not self._pushgateway:
             return
         try:
-            push_to_gateway(self._pushgateway, job="fedrun", registry=self._view, timeout=PUSH_TIMEOUT_S)
+            push_to_gateway(self._pushgateway, job="fedrun", registry=self._view, timeout=PUSH_TIMEOUT_S,
+                            grouping_key=self._grouping_key)
         except (OSError, ValueError) as e:
             if not self._push_failing:
                 log.warning("cannot push metrics to the Pushgateway at %s (%s); the run goes "

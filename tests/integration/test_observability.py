@@ -2,6 +2,7 @@
 (stand-in) Pushgateway, TensorBoard event files and `fedrun report` afterwards, all checked
 against the rounds.jsonl the run wrote."""
 
+import base64
 import json
 import socket
 import struct
@@ -134,7 +135,10 @@ def test_metrics_listen_on_loopback_only_and_stop_with_the_run(observed):
 
 
 def test_every_round_and_the_end_are_pushed(observed):
-    assert [(method, path) for method, path, _ in observed.pushes] == [("PUT", "/metrics/job/fedrun")] * (ROUNDS + 1)
+    # The run's own group (its --out directory, base64 in the path as it holds slashes).
+    run = base64.urlsafe_b64encode(str(observed.out.resolve()).encode()).decode()
+    assert [(method, path) for method, path, _ in observed.pushes] == \
+        [("PUT", f"/metrics/job/fedrun/run@base64/{run}")] * (ROUNDS + 1)
     rounds = rounds_in(observed.out)
     for number, (_, _, body) in enumerate(observed.pushes[:ROUNDS], 1):
         assert samples(body)[("fedrun_round", ())] == number
