@@ -174,11 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         config = run_config(args)
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TF 2.14 logs CUDA-plugin noise as errors
+        quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+        if quiet:  # TF 2.14 logs CUDA-plugin noise as errors when it loads
+            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
         from fedrun.preflight import preflight
         preflight(config)
         observers = observability(config)  # a taken --metrics-port fails here, before TensorFlow loads
         from fedrun.simulation import simulate  # TensorFlow loads only once the config is valid
+        if quiet:  # read once, at load: the workers started next keep their logs whole
+            del os.environ["TF_CPP_MIN_LOG_LEVEL"]
         from fedrun.terminal import TerminalProgress
         terminal = TerminalProgress()
         simulate(config, [terminal, *observers], resume=args.resume is not None)
