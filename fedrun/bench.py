@@ -170,11 +170,12 @@ def ratios(systems: dict[str, dict[str, Any]], numerator: str, denominator: str)
 
 def agreement(weights: dict[str, list[np.ndarray]], test: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Every system's final model against TFF's local context's (as the tutorial builds it)."""
+    others = [s for s in SYSTEMS if s != "tff_local"]
     diffs = {f"{s}_vs_tff_local_max_weight_diff": max(float(np.max(np.abs(x - y)))
                                                       for x, y in zip(weights[s], weights["tff_local"]))
-             for s in SYSTEMS if s != "tff_local"}
-    tolerances = {name: TF_LOOP_MAX_WEIGHT_DIFF if name.startswith("tf_loop") else FEDRUN_VS_TFF_MAX_WEIGHT_DIFF
-                  for name in diffs}
+             for s in others}
+    tolerances = {f"{s}_vs_tff_local_max_weight_diff":
+                  TF_LOOP_MAX_WEIGHT_DIFF if s == "tf_loop" else FEDRUN_VS_TFF_MAX_WEIGHT_DIFF for s in others}
     accuracy_diff = max(abs(test[s]["accuracy"] - test["tff_local"]["accuracy"]) for s in SYSTEMS)
     return {
         **diffs,

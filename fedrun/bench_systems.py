@@ -36,7 +36,9 @@ class _TffSystem:
     def __init__(self, workload: RunConfig):
         self.workload = workload
         self.source = _source(workload)
-        self.algorithm = _algorithm(workload, self.source)
+        from fedrun.learning import algorithm_for
+
+        self.algorithm = algorithm_for(workload, self.source)
         self._stack = contextlib.ExitStack()
 
     def weights(self) -> list[np.ndarray]:
@@ -59,7 +61,8 @@ class _Fedrun(_TffSystem):
         run_path = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="fedrun-bench-")))
         backend = self._stack.enter_context(
             create_backend(self.workload.backend, **backend_options(self.workload, run_path)))
-        dispatcher = Dispatcher.start(backend, self.workload.workers, self.workload.rpc_timeout_s)
+        backend.start(self.workload.workers)
+        dispatcher = Dispatcher.for_backend(backend, self.workload.rpc_timeout_s)
         self._stack.callback(dispatcher.close)
         self.coordinator = Coordinator(self.workload, self.source, self.algorithm, dispatcher,
                                        RunDirectory(run_path))
@@ -151,15 +154,6 @@ def _source(workload: RunConfig):
     return create_source(SourceOptions(data=workload.data, data_dir=workload.data_dir,
                                        test_data=workload.test_data, population=workload.population,
                                        heldout=workload.eval_clients))
-
-
-def _algorithm(workload: RunConfig, source):
-    from fedrun.learning import build_algorithm
-
-    return build_algorithm(source, model=workload.model, epochs=workload.epochs,
-                           batch_size=workload.batch_size, shuffle_buffer=workload.shuffle_buffer,
-                           client_lr=workload.client_lr, server_lr=workload.server_lr,
-                           client_loop=workload.client_loop)
 
 
 def _serve(conn: multiprocessing.connection.Connection, kind: str, workload: RunConfig) -> None:

@@ -24,15 +24,13 @@ class Coordinator:
 
     def __init__(self, config: RunConfig, source: ClientDataSource, algorithm: FederatedAlgorithm,
                  dispatcher: Dispatcher, run_dir: RunDirectory,
-                 on_round: Callable[[RoundRecord], None] = lambda record: None,
-                 recycle_workers: bool = True):
+                 on_round: Callable[[RoundRecord], None] = lambda record: None):
         self.config = config
         self.source = source
         self.algorithm = algorithm
         self.dispatcher = dispatcher
         self.run_dir = run_dir
         self.on_round = on_round
-        self.recycle_workers = recycle_workers  # False where fedrun does not start the workers
         self._t0 = time.monotonic()
 
     def run(self, resume: bool = False) -> Any:
@@ -61,7 +59,7 @@ class Coordinator:
     def recycle_workers_if_due(self, round_num: int) -> None:
         """Fresh workers before every `recycle_workers_every`-th round after the first."""
         every = self.config.recycle_workers_every
-        if every and round_num > 1 and (round_num - 1) % every == 0 and self.recycle_workers:
+        if every and round_num > 1 and (round_num - 1) % every == 0:
             self.dispatcher.recycle()
 
     def _restore(self, template: Any) -> tuple[Any, int]:

@@ -50,23 +50,26 @@ class Dispatcher:
 
     `replace(worker_id)` returns a session to a fresh worker in that slot, or raises if the
     backend cannot provide one; without it a failed worker's slot is simply dropped.
+    `restarts_workers`: whether `replace` starts a new process, which `recycle` needs.
     """
 
     def __init__(self, sessions: Sequence[WorkerSession], is_alive: Callable[[str], bool],
-                 replace: Callable[[str], WorkerSession] | None = None,
+                 replace: Callable[[str], WorkerSession] | None = None, restarts_workers: bool = False,
                  clock: Callable[[], float] = time.monotonic):
         self._sessions = list(sessions)
         self._is_alive = is_alive
         self._replace = replace
+        self._restarts_workers = restarts_workers
         self._clock = clock
         self._failures: list[WorkerFailure] = []
         self._recycled: list[str] = []
 
     @classmethod
-    def start(cls, backend: WorkerBackend, num_workers: int, rpc_timeout_s: float) -> "Dispatcher":
-        """Starts the backend's workers; a failed or recycled worker's slot is refilled by it."""
-        return cls([WorkerSession(w, rpc_timeout_s) for w in backend.start(num_workers)], backend.is_alive,
-                   lambda worker_id: WorkerSession(backend.replace(worker_id), rpc_timeout_s))
+    def for_backend(cls, backend: WorkerBackend, rpc_timeout_s: float) -> "Dispatcher":
+        """Over the backend's started workers; a failed or recycled worker's slot is refilled by it."""
+        return cls([WorkerSession(w, rpc_timeout_s) for w in backend.workers()], backend.is_alive,
+                   lambda worker_id: WorkerSession(backend.replace(worker_id), rpc_timeout_s),
+                   restarts_workers=backend.starts_workers)
 
     def close(self, wait: bool = True) -> None:
         """Closes the sessions to the current workers (the backend stops the workers)."""
@@ -94,8 +97,9 @@ class Dispatcher:
 
     def recycle(self) -> None:
         """Replaces every worker with a fresh one, between rounds. Work is a pure function of its
-        arguments, so results do not change; a slot that cannot be refilled is dropped."""
-        if self._replace is None:
+        arguments, so results do not change; a slot that cannot be refilled is dropped. Workers
+        run by someone else (a backend that only reconnects) are left as they are."""
+        if self._replace is None or not self._restarts_workers:
             return
         for session in list(self._sessions):
             worker_id = session.worker.worker_id

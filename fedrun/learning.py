@@ -14,6 +14,7 @@ from typing import Any
 
 import tensorflow_federated as tff
 
+from fedrun.config import RunConfig
 from fedrun.data import preprocessing
 from fedrun.data.preprocessing import Preprocessing
 from fedrun.data.source import ClientDataSource
@@ -72,6 +73,16 @@ def build_algorithm(source: ClientDataSource, *, model: str, epochs: int, batch_
         train_data=send_train,
         eval_data=send_eval,
     )
+
+
+def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgorithm:
+    """The algorithm a run's configuration describes."""
+    return build_algorithm(
+        source, model=config.model, epochs=config.epochs, batch_size=config.batch_size,
+        shuffle_buffer=config.shuffle_buffer, client_lr=config.client_lr, server_lr=config.server_lr,
+        client_optimizer=config.client_optimizer, client_momentum=config.client_momentum,
+        server_optimizer=config.server_optimizer, server_momentum=config.server_momentum,
+        data_placement=config.data_placement, client_loop=config.client_loop)
 
 
 def _named(metrics: Mapping[str, Any]) -> dict[str, float]:

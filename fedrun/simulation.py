@@ -7,7 +7,7 @@ from fedrun.coordinator import Coordinator
 from fedrun.data import SourceOptions, create_source
 from fedrun.dispatch import Dispatcher
 from fedrun.errors import FedrunError
-from fedrun.learning import build_algorithm
+from fedrun.learning import algorithm_for
 from fedrun.observers import Observers, RunObserver
 from fedrun.results import RunDirectory
 
@@ -24,21 +24,16 @@ def simulate(config: RunConfig, observers: list[RunObserver], resume: bool = Fal
                           f"--clients-per-round {config.clients_per_round}: lower it (or --eval-clients)")
     events = Observers(observers)
     with create_backend(config.backend, **backend_options(config, run_dir.path)) as backend:
-        dispatcher = Dispatcher.start(backend, config.workers, config.rpc_timeout_s)
+        backend.start(config.workers)
+        dispatcher = Dispatcher.for_backend(backend, config.rpc_timeout_s)
         try:
-            algorithm = build_algorithm(
-                source, model=config.model, epochs=config.epochs, batch_size=config.batch_size,
-                shuffle_buffer=config.shuffle_buffer, client_lr=config.client_lr, server_lr=config.server_lr,
-                client_optimizer=config.client_optimizer, client_momentum=config.client_momentum,
-                server_optimizer=config.server_optimizer, server_momentum=config.server_momentum,
-                data_placement=config.data_placement, client_loop=config.client_loop)
+            algorithm = algorithm_for(config, source)
             if not resume:
                 run_dir.start_fresh()
             run_dir.write_config(config)
             events.on_start(config, backend.workers())
             try:
-                Coordinator(config, source, algorithm, dispatcher, run_dir, events.on_round,
-                            recycle_workers=backend.starts_workers).run(resume)
+                Coordinator(config, source, algorithm, dispatcher, run_dir, events.on_round).run(resume)
             finally:
                 events.on_end()
         finally:

@@ -1,36 +1,36 @@
-"""fedrun's Coordinator in this process over real local worker processes, as `fedrun run` uses it."""
+"""fedrun's Coordinator in this process over real worker processes, as `fedrun run` uses it."""
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cluster import LocalProcessBackend
+from cluster import LocalProcessBackend, WorkerBackend
 from fedrun.config import RunConfig
 from fedrun.coordinator import Coordinator
 from fedrun.data.source import ClientDataSource
 from fedrun.dispatch import Dispatcher
-from fedrun.learning import FederatedAlgorithm, build_algorithm
+from fedrun.learning import FederatedAlgorithm
 from fedrun.reference import reference_training, tff_local_context
 from fedrun.results import RunDirectory, read_rounds
-
-
-def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgorithm:
-    return build_algorithm(
-        source, model=config.model, epochs=config.epochs, batch_size=config.batch_size,
-        shuffle_buffer=config.shuffle_buffer, client_lr=config.client_lr, server_lr=config.server_lr,
-        client_optimizer=config.client_optimizer, client_momentum=config.client_momentum,
-        server_optimizer=config.server_optimizer, server_momentum=config.server_momentum,
-        data_placement=config.data_placement, client_loop=config.client_loop)
+from fedrun.worker_session import WorkerSession
 
 
 def run_coordinator(config: RunConfig, source: ClientDataSource, algorithm: FederatedAlgorithm,
-                    out: Path) -> tuple[Any, list[dict[str, Any]]]:
-    """Final server state and the rounds.jsonl records of a run on `config.workers` workers."""
+                    out: Path, backend: WorkerBackend | None = None,
+                    replace: bool = True) -> tuple[Any, list[dict[str, Any]]]:
+    """Final server state and the rounds.jsonl records of a run over `backend`'s started
+    workers, or over `config.workers` local workers started (and stopped) here. Without
+    `replace`, a failed worker's slot is dropped rather than refilled."""
     run_dir = RunDirectory(out)
     run_dir.start_fresh()
-    with LocalProcessBackend() as backend:
-        dispatcher = Dispatcher.start(backend, config.workers, config.rpc_timeout_s)
+    with contextlib.ExitStack() as stack:
+        if backend is None:
+            backend = stack.enter_context(LocalProcessBackend())
+            backend.start(config.workers)
+        dispatcher = (Dispatcher.for_backend(backend, config.rpc_timeout_s) if replace else Dispatcher(
+            [WorkerSession(w, config.rpc_timeout_s) for w in backend.workers()], backend.is_alive))
         try:
             state = Coordinator(config, source, algorithm, dispatcher, run_dir).run()
         finally:

@@ -18,14 +18,10 @@ import pytest
 
 from cluster import WorkerBackend, WorkerError, create_backend
 from fedrun.config import RunConfig
-from fedrun.coordinator import Coordinator
 from fedrun.data.source import ClientDataSource
 from fedrun.data.synthetic import SyntheticDigits
-from fedrun.dispatch import Dispatcher
-from fedrun.learning import FederatedAlgorithm, build_algorithm
-from fedrun.reference import reference_training, tff_local_context
-from fedrun.results import RunDirectory, read_rounds
-from fedrun.worker_session import WorkerSession
+from fedrun.learning import FederatedAlgorithm, algorithm_for
+from tests.coordinator_runs import max_weight_difference, reference_run, run_coordinator
 from tests.integration.test_local_backend import _eventually as eventually
 from tests.integration.test_local_backend import _grpc_ready as grpc_ready
 from tests.integration.test_local_backend import _live_descendants as live_descendants
@@ -57,33 +53,6 @@ def running(process: psutil.Process) -> bool:
         return False
 
 
-def run_rounds(backend: WorkerBackend, config: RunConfig, source: ClientDataSource,
-               algorithm: FederatedAlgorithm, out: Path,
-               replace: bool = True) -> tuple[Any, list[dict[str, Any]]]:
-    """fedrun's coordinator over the backend's started workers, as `fedrun run` drives them."""
-    run_dir = RunDirectory(out)
-    run_dir.start_fresh()
-    sessions = [WorkerSession(worker, config.rpc_timeout_s) for worker in backend.workers()]
-
-    def fresh_session(worker_id: str) -> WorkerSession:
-        sessions.append(WorkerSession(backend.replace(worker_id), config.rpc_timeout_s))
-        return sessions[-1]
-
-    try:
-        dispatcher = Dispatcher(sessions, backend.is_alive, fresh_session if replace else None)
-        state = Coordinator(config, source, algorithm, dispatcher, run_dir).run()
-    finally:
-        for session in sessions:
-            session.close(wait=False)
-    return state, read_rounds(run_dir.rounds_file)
-
-
-def max_weight_difference(state: Any, reference_state: Any) -> float:
-    ours = state.global_model_weights.trainable
-    theirs = reference_state.global_model_weights.trainable
-    return max(float(np.max(np.abs(a - b))) for a, b in zip(ours, theirs))
-
-
 @pytest.fixture(autouse=True)
 def nothing_left_running() -> Iterator[None]:
     yield
@@ -107,16 +76,12 @@ def source() -> ClientDataSource:
 
 @pytest.fixture(scope="module")
 def algorithm(source: ClientDataSource) -> FederatedAlgorithm:
-    return build_algorithm(source, model=CONFIG.model, epochs=CONFIG.epochs, batch_size=CONFIG.batch_size,
-                           shuffle_buffer=CONFIG.shuffle_buffer, client_lr=CONFIG.client_lr,
-                           server_lr=CONFIG.server_lr)
+    return algorithm_for(CONFIG, source)
 
 
 @pytest.fixture(scope="module")
 def reference(algorithm: FederatedAlgorithm, source: ClientDataSource) -> tuple[Any, list[dict]]:
-    with tff_local_context():
-        return reference_training(algorithm, source, seed=CONFIG.seed, rounds=CONFIG.rounds,
-                                  clients_per_round=CONFIG.clients_per_round)
+    return reference_run(CONFIG, source, algorithm)
 
 
 def test_start_gives_ready_workers_and_stop_ends_every_process(backend: WorkerBackend) -> None:
@@ -146,7 +111,7 @@ def test_rounds_equal_single_process_tff(backend: WorkerBackend, source, algorit
     config = dataclasses.replace(CONFIG, workers=2, shards=3)
     workers = backend.start(config.workers)
 
-    state, rounds = run_rounds(backend, config, source, algorithm, tmp_path)
+    state, rounds = run_coordinator(config, source, algorithm, tmp_path, backend)
 
     reference_state, reference_metrics = reference
     assert max_weight_difference(state, reference_state) <= 1e-5

@@ -8,7 +8,8 @@ import pytest
 
 from fedrun.config import RunConfig
 from fedrun.data import SourceOptions, create_source
-from tests.coordinator_runs import algorithm_for, max_weight_difference, reference_run, run_coordinator
+from fedrun.learning import algorithm_for
+from tests.coordinator_runs import max_weight_difference, reference_run, run_coordinator
 from tests.data_files import write_emnist_h5, write_emnist_sqlite, write_npz
 
 pytestmark = pytest.mark.timeout(300)

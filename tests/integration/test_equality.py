@@ -14,7 +14,8 @@ import pytest
 
 from fedrun.config import RunConfig
 from fedrun.data.synthetic import SyntheticDigits
-from tests.coordinator_runs import algorithm_for, max_weight_difference, reference_run, run_coordinator
+from fedrun.learning import algorithm_for
+from tests.coordinator_runs import max_weight_difference, reference_run, run_coordinator
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -33,11 +33,10 @@ from tests.contract.test_backends import (
     CONFIG,
     eventually,
     grpc_ready,
-    max_weight_difference,
-    run_rounds,
     running,
     started_processes,
 )
+from tests.coordinator_runs import max_weight_difference, run_coordinator
 from tests.integration.test_cli import SMALL
 from tests.processes import fedrun
 
@@ -277,7 +276,7 @@ def test_node_lost_mid_run_is_a_dead_worker_whose_shards_run_again(
         lost = next(w for w in workers if cluster.name_of(node_id_of(binary_of(w))) == lost_node)
         coordinator = concurrent.futures.ThreadPoolExecutor(1)
         # Without replace: the lost worker's slot is dropped and its shards run on the other.
-        run = coordinator.submit(run_rounds, backend, config, source, algorithm, tmp_path, replace=False)
+        run = coordinator.submit(run_coordinator, config, source, algorithm, tmp_path, backend, replace=False)
         rounds_file = tmp_path / "rounds.jsonl"
         assert eventually(lambda: rounds_file.exists() and rounds_file.read_text().count("\n") >= 1,
                           timeout_s=120)
