@@ -3,19 +3,28 @@
 Knows nothing of federated learning; the coordinator only dials `Worker.target`.
 """
 
-from cluster.backend import Worker, WorkerBackend, WorkerError, WorkerStartError
-from cluster.local import LocalProcessBackend, LocalWorkerOptions
-from cluster.registry import BACKENDS, create_backend
-from cluster.worker_binary import find_worker_binary
+from cluster.backend import Capabilities, Worker, WorkerBackend
+from cluster.errors import UserError, WorkerError, WorkerStartError
+from cluster.local.backend import LocalProcessBackend
+from cluster.local.binary import find_worker_binary
+from cluster.local.options import LocalWorkerOptions
+from cluster.registry import BACKENDS, backend_options, create_backend
+from cluster.settings import ClusterSettings, RaySettings, WorkerSettings
 
 __all__ = [
     "BACKENDS",
+    "Capabilities",
+    "ClusterSettings",
     "LocalProcessBackend",
     "LocalWorkerOptions",
+    "RaySettings",
+    "UserError",
     "Worker",
     "WorkerBackend",
     "WorkerError",
+    "WorkerSettings",
     "WorkerStartError",
+    "backend_options",
     "create_backend",
     "find_worker_binary",
 ]

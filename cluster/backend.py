@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TypeVar
 
+from cluster.errors import WorkerError
+
 _Slot = TypeVar("_Slot")
 
 
@@ -23,20 +25,19 @@ class Worker:
     target: str  # gRPC target to dial, e.g. "127.0.0.1:40123" or "unix:/path"
 
 
-class WorkerError(Exception):
-    """A problem with workers that a user can cause or fix; the message names both."""
+@dataclasses.dataclass(frozen=True)
+class Capabilities:
+    """What a backend does beyond the contract, for callers that adapt to it."""
 
-
-class WorkerStartError(WorkerError):
-    """A worker could not be started or did not become ready in time."""
+    # `replace` starts a new process (freeing what the old one held) rather than reconnecting to
+    # a worker someone else runs: only then is replacing healthy workers worth anything.
+    starts_workers: bool
 
 
 class WorkerBackend(abc.ABC):
     """Starts, watches and stops the workers of one federated run."""
 
-    # Whether `replace` starts a new process (and so frees what the old one held), rather than
-    # reconnecting to a worker run by someone else.
-    starts_workers: bool = True
+    capabilities = Capabilities(starts_workers=True)
 
     @abc.abstractmethod
     def start(self, num_workers: int) -> list[Worker]:

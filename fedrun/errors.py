@@ -1,5 +1,8 @@
-"""The one error type a user can cause; the CLI prints it without a traceback."""
+"""fedrun's errors a user can cause. They share one root with the worker backends' errors
+(`cluster.UserError`), which is what the command line prints without a traceback."""
+
+from cluster.errors import UserError
 
 
-class FedrunError(Exception):
+class FedrunError(UserError):
     """A problem the user can fix: the message names the problem and the fix."""

@@ -2,6 +2,7 @@
 orphaned (re-parented to init) and so is no longer this process's descendant."""
 
 import os
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -9,7 +10,13 @@ import psutil
 import pytest
 
 # An isolated worker is three processes: `unshare`, the forwarder inside it, and the binary.
-_WORKER_PARTS = ("worker_binary", "cluster.isolated_worker", "unshare")
+_WORKER_PARTS = ("worker_binary", "cluster.local.isolated_worker", "unshare")
+# A process the kernel is already killing (a pid namespace torn down by its parent's death)
+# takes a moment to go: that is no leak. One that outlives this grace is.
+_EXIT_GRACE_S = 3.0
+
+# Fixtures every backend test may ask for: the contract workload, its algorithm and reference.
+pytest_plugins = ("tests.support.backends",)
 
 # Inherited by everything this test session starts, whoever its parent is by now.
 _MARKER = "FEDRUN_TEST_SESSION"
@@ -19,7 +26,7 @@ os.environ[_MARKER] = uuid.uuid4().hex
 def _started_by_this_session(process: psutil.Process) -> bool:
     try:
         return process.environ().get(_MARKER) == os.environ[_MARKER]
-    except (psutil.AccessDenied, psutil.ZombieProcess):
+    except (psutil.AccessDenied, psutil.NoSuchProcess):
         return False
 
 
@@ -32,15 +39,31 @@ def worker_processes() -> list[psutil.Process]:
             if (process.status() != psutil.STATUS_ZOMBIE and any(part in command for part in _WORKER_PARTS)
                     and _started_by_this_session(process)):
                 found.append(process)
-        except psutil.NoSuchProcess:
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass
     return found
+
+
+def _commands(processes: list[psutil.Process]) -> list[list[str]]:
+    commands = []
+    for process in processes:
+        try:
+            commands.append(process.cmdline())
+        except psutil.NoSuchProcess:
+            pass
+    return commands
 
 
 @pytest.fixture(autouse=True)
 def no_leftover_workers() -> Iterator[None]:
     yield
-    leftovers = worker_processes()
+    deadline = time.monotonic() + _EXIT_GRACE_S
+    while (leftovers := worker_processes()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    described = _commands(leftovers)
     for process in leftovers:  # so one failure does not spill into the next test
-        process.kill()
-    assert not leftovers, f"worker processes left behind: {[p.cmdline() for p in leftovers]}"
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    assert not leftovers, f"worker processes left behind: {described}"

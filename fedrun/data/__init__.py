@@ -1,5 +1,4 @@
-"""Federated data sources: each client's examples are rebuilt from a short key where they are used."""
+"""Federated data sources: each client's examples are rebuilt from a short key where they are used.
 
-from fedrun.data.source import ClientDataSource, SourceOptions, create_source
-
-__all__ = ["ClientDataSource", "SourceOptions", "create_source"]
+Importing the package loads nothing; `registry` opens a source by name.
+"""

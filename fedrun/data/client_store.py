@@ -9,9 +9,7 @@ B-tree with no index and which carries no quoting risk, so a key is two integers
 
 import contextlib
 import hashlib
-import os
 import sqlite3
-import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from fedrun.data.source import TEST, TRAIN, ClientDataSource
+from fedrun.atomic_write import write_atomically
+from fedrun.data.keys import TEST, TRAIN
+from fedrun.data.source import ClientDataSource
 from fedrun.errors import FedrunError
 
 _BATCH_ROWS = 10_000  # rows per executemany when writing
@@ -67,22 +67,15 @@ def cached_path(inputs: list[Path], params: str, suffix: str) -> Path:
     return inputs[0].with_name(f"{inputs[0].name}.{digest.hexdigest()[:12]}.{suffix}")
 
 
-def write_atomically(target: Path, write: Callable[[Path], None]) -> None:
-    """`write(tmp)` then rename, so a reader never sees a half-written file and concurrent
-    runs converting the same input both end with a whole one."""
+def write_cache(target: Path, write: Callable[[Path], None]) -> None:
+    """`write(tmp)`, then put it in place atomically: a reader never sees a half-written file, and
+    concurrent runs converting the same input both end with a whole one."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+        write_atomically(target, write)
     except OSError as e:
         raise FedrunError(f"cannot write {target.name} in {target.parent} ({e.strerror}): fedrun keeps "
                           f"the converted data next to its source; copy the data to a writable "
                           f"directory") from None
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def write_store(path: Path, clients: Iterable[ClientExamples], fmt: ExampleFormat) -> None:
@@ -145,7 +138,7 @@ def read_rows(store: Path, split: str) -> SplitRows:
                           f"save_to_sql_client_data)")
     rows = SplitRows(np.array([r[0] for r in found], dtype=str),
                      np.array([r[1] for r in found], np.int64), np.array([r[2] for r in found], np.int64))
-    write_atomically(cache, rows.save)
+    write_cache(cache, rows.save)
     return rows
 
 

@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from fedrun.data.client_store import (ClientExamples, ExampleFormat, SqlClients, cached_path,
-                                      write_atomically, write_store)
-from fedrun.data.source import TEST, TRAIN, SourceOptions
+                                      write_cache, write_store)
+from fedrun.data.keys import TEST, TRAIN
+from fedrun.data.registry import SourceOptions
 from fedrun.errors import FedrunError
 
 SQL_FILE = "emnist_all.sqlite"
@@ -69,7 +70,7 @@ def _converted(variant: Variant, train: Path, test: Path) -> Path:
                               f"both files from {variant.h5_prefix}.tar.bz2 in {path.parent}")
     store = cached_path([train, test], variant.name, "fedrun.sqlite")
     if not store.exists():
-        write_atomically(store, lambda tmp: write_store(tmp, _h5_clients(variant, train, test), FORMAT))
+        write_cache(store, lambda tmp: write_store(tmp, _h5_clients(variant, train, test), FORMAT))
     return store
 
 

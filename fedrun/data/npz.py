@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from fedrun.data.client_store import (ClientExamples, ExampleFormat, SqlClients, cached_path,
-                                      write_atomically, write_store)
-from fedrun.data.source import TEST, TRAIN, SourceOptions
+                                      write_cache, write_store)
+from fedrun.data.keys import TEST, TRAIN
+from fedrun.data.registry import SourceOptions
 from fedrun.errors import FedrunError
 
 TEST_FRACTION = 0.2  # of each client's examples, when there is no test file
@@ -45,7 +46,7 @@ def open_npz(options: SourceOptions) -> SqlClients:
     inputs = [path] + ([Path(options.test_data).expanduser()] if test is not None else [])
     store = cached_path(inputs, f"test_fraction={TEST_FRACTION}", "fedrun.sqlite")
     if not store.exists():
-        write_atomically(store, lambda tmp: write_store(tmp, _splits(train, test), fmt))
+        write_cache(store, lambda tmp: write_store(tmp, _splits(train, test), fmt))
     return SqlClients(store, {TRAIN: TRAIN, TEST: TEST}, fmt, num_classes=int(labels[-1]) + 1,
                       heldout=options.heldout)
 

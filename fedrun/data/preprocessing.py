@@ -21,12 +21,6 @@ class Preprocessing:
     prefetch: int = 2
 
 
-def train_key(data_key: str, shuffle_seed: int) -> str:
-    """A training key also carries the client's shuffle seed, so its batches are the same
-    whichever worker builds them."""
-    return f"{shuffle_seed}|{data_key}"
-
-
 def _batch_format(x: tf.Tensor, y: tf.Tensor) -> collections.OrderedDict:
     flat = tf.reshape(x, [-1, int(np.prod(x.shape[1:]))])
     return collections.OrderedDict(x=tf.cast(flat, tf.float32), y=tf.reshape(y, [-1, 1]))

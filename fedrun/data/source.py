@@ -1,4 +1,4 @@
-"""The data-source interface and its registry.
+"""The data-source interface: a population of clients, each named by short keys.
 
 A source never hands examples to the coordinator: it names each client's data with a short
 string key, and `client_dataset(key)` (TensorFlow ops only) rebuilds the examples on the worker
@@ -6,16 +6,13 @@ that trains the client. Per round the coordinator sends keys, not tensors.
 """
 
 import abc
-import importlib
-from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
-from fedrun.errors import FedrunError
+from fedrun.data.keys import TEST, TRAIN
 
-TRAIN = "train"
-TEST = "test"
+__all__ = ["TEST", "TRAIN", "ClientDataSource"]
 
 
 class ClientDataSource(abc.ABC):
@@ -49,34 +46,3 @@ class ClientDataSource(abc.ABC):
     def client_name(self, client: int) -> str:
         """The client's id as a person would see it in results."""
         return str(client)
-
-
-@dataclass(frozen=True)
-class SourceOptions:
-    """What the run's configuration tells a source."""
-
-    data: str = "synthetic"  # a registered name, or a path to an .npz file
-    data_dir: str = ""  # where file-backed sources look; "" = their usual place
-    test_data: str = ""  # separate test examples for an .npz source
-    population: int = 3383  # training clients of a generated source (files decide their own)
-    heldout: int = 0  # clients that never train, only evaluate
-
-
-# name -> (module, function taking SourceOptions); modules load only when chosen (h5py is optional).
-SOURCES: dict[str, tuple[str, str]] = {
-    "synthetic": ("fedrun.data.synthetic", "open_synthetic"),
-    "emnist": ("fedrun.data.emnist", "open_digits"),
-    "emnist-full": ("fedrun.data.emnist", "open_full"),
-}
-_NPZ = ("fedrun.data.npz", "open_npz")
-
-
-def create_source(options: SourceOptions) -> ClientDataSource:
-    if options.data.endswith(".npz"):
-        module, opener = _NPZ
-    elif options.data in SOURCES:
-        module, opener = SOURCES[options.data]
-    else:
-        raise FedrunError(f"unknown data source '{options.data}': choose one of "
-                          f"{', '.join(SOURCES)} or give the path of an .npz file")
-    return getattr(importlib.import_module(module), opener)(options)

@@ -26,7 +26,9 @@ import functools
 import numpy as np
 import tensorflow as tf
 
-from fedrun.data.source import TEST, TRAIN, ClientDataSource, SourceOptions
+from fedrun.data.keys import TEST, TRAIN
+from fedrun.data.registry import SourceOptions
+from fedrun.data.source import ClientDataSource
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10

@@ -1,6 +1,8 @@
 """One contract, every worker backend: what the coordinator relies on, with real workers.
 
-"ray" runs on a real private Ray that the backend itself starts on this machine and shuts down.
+"ray" runs on a real private Ray that the backend itself starts on this machine and shuts down;
+"static" reaches real `fedrun worker` processes that the test starts as someone else would (pods),
+and restarts one when a test kills it, as a StatefulSet would.
 """
 
 from __future__ import annotations
@@ -8,49 +10,29 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import psutil
 import pytest
 
-from cluster import WorkerBackend, WorkerError, create_backend
-from fedrun.config import RunConfig
-from fedrun.data.source import ClientDataSource
-from fedrun.data.synthetic import SyntheticDigits
-from fedrun.learning import FederatedAlgorithm, algorithm_for
-from tests.coordinator_runs import max_weight_difference, reference_run, run_coordinator
-from tests.integration.test_local_backend import _eventually as eventually
-from tests.integration.test_local_backend import _grpc_ready as grpc_ready
-from tests.integration.test_local_backend import _live_descendants as live_descendants
+from cluster import ClusterSettings, WorkerBackend, WorkerError, WorkerSettings, create_backend
+from tests.support.runs import max_weight_difference, run_coordinator
+from tests.support.configs import flat_config
+from tests.support.waiting import eventually, grpc_ready, live_descendants
+from tests.support.backends import CONFIG, ExternalWorkers, running, started_processes
 
 pytestmark = pytest.mark.timeout(300)
 
-BACKENDS = ["local", "ray"]
-# What a worker backend may start: TFF's binary, and Ray's daemons and worker processes.
-STARTED_PROCESS_NAMES = ("worker_binary", "raylet", "gcs_server", "ray::")
-CONFIG = RunConfig(rounds=3, clients_per_round=10, epochs=2, population=200, eval_every=0, progress=False)
+BACKENDS = ["local", "ray", "static"]
 
 
-def started_processes() -> list[psutil.Process]:
-    """Worker binaries and Ray processes under this test process."""
-    found = []
-    for process in live_descendants():
-        try:
-            if any(name in f"{process.name()} {' '.join(process.cmdline())}" for name in STARTED_PROCESS_NAMES):
-                found.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return found
-
-
-def running(process: psutil.Process) -> bool:
-    try:
-        return process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+@dataclasses.dataclass
+class BackendUnderTest:
+    backend: WorkerBackend
+    # Brings a killed worker back where the backend cannot: someone else restarts static workers.
+    restart_killed: Callable[[str], None] = lambda target: None
 
 
 @pytest.fixture(autouse=True)
@@ -63,28 +45,28 @@ def nothing_left_running() -> Iterator[None]:
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> Iterator[WorkerBackend]:
-    backend = create_backend(request.param)
-    yield backend
-    backend.stop()
+def under_test(request: pytest.FixtureRequest) -> Iterator[BackendUnderTest]:
+    if request.param != "static":
+        backend = create_backend(ClusterSettings(WorkerSettings(backend=request.param)))
+        yield BackendUnderTest(backend)
+        backend.stop()
+        return
+    external = ExternalWorkers(2)  # the "pods" of someone else, which this fixture starts
+    try:
+        backend = create_backend(ClusterSettings(WorkerSettings(backend="static", addresses=external.addresses)))
+        yield BackendUnderTest(backend, external.restart)
+        backend.stop()
+    finally:
+        external.stop()
 
 
-@pytest.fixture(scope="module")
-def source() -> ClientDataSource:
-    return SyntheticDigits(population=CONFIG.population)
-
-
-@pytest.fixture(scope="module")
-def algorithm(source: ClientDataSource) -> FederatedAlgorithm:
-    return algorithm_for(CONFIG, source)
-
-
-@pytest.fixture(scope="module")
-def reference(algorithm: FederatedAlgorithm, source: ClientDataSource) -> tuple[Any, list[dict]]:
-    return reference_run(CONFIG, source, algorithm)
+@pytest.fixture
+def backend(under_test: BackendUnderTest) -> WorkerBackend:
+    return under_test.backend
 
 
 def test_start_gives_ready_workers_and_stop_ends_every_process(backend: WorkerBackend) -> None:
+    before = {process.pid for process in live_descendants()}
     workers = backend.start(2)
 
     assert len({worker.worker_id for worker in workers}) == len({worker.target for worker in workers}) == 2
@@ -94,7 +76,7 @@ def test_start_gives_ready_workers_and_stop_ends_every_process(backend: WorkerBa
         assert grpc_ready(worker.target)
     with pytest.raises(WorkerError, match="stop"):
         backend.start(1)
-    everything_started = live_descendants()
+    everything_started = [process for process in live_descendants() if process.pid not in before]
 
     backend.stop()
     backend.stop()
@@ -108,8 +90,8 @@ def test_start_gives_ready_workers_and_stop_ends_every_process(backend: WorkerBa
 
 def test_rounds_equal_single_process_tff(backend: WorkerBackend, source, algorithm, reference,
                                          tmp_path: Path) -> None:
-    config = dataclasses.replace(CONFIG, workers=2, shards=3)
-    workers = backend.start(config.workers)
+    config = flat_config(CONFIG, workers=2, shards=3)
+    workers = backend.start(config.workers.count)
 
     state, rounds = run_coordinator(config, source, algorithm, tmp_path, backend)
 
@@ -123,7 +105,8 @@ def test_rounds_equal_single_process_tff(backend: WorkerBackend, source, algorit
         assert {shard["worker"] for shard in record["shards"]} <= {worker.worker_id for worker in workers}
 
 
-def test_killed_worker_is_not_alive_and_replace_gives_a_fresh_one(backend: WorkerBackend) -> None:
+def test_killed_worker_is_not_alive_and_replace_gives_a_fresh_one(under_test: BackendUnderTest) -> None:
+    backend = under_test.backend
     victim, survivor = backend.start(2)
     binaries = [process for process in started_processes() if "worker_binary" in process.name()]
     assert len(binaries) == 2
@@ -133,6 +116,7 @@ def test_killed_worker_is_not_alive_and_replace_gives_a_fresh_one(backend: Worke
 
     assert eventually(lambda: not backend.is_alive(victim.worker_id), timeout_s=5)
     assert backend.is_alive(survivor.worker_id)
+    under_test.restart_killed(victim.target)
     fresh = backend.replace(victim.worker_id)
     assert fresh.worker_id == victim.worker_id
     assert backend.is_alive(fresh.worker_id)

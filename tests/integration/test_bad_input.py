@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.processes import fedrun
+from tests.support.processes import fedrun
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -68,7 +68,7 @@ def case_files(tmp: Path) -> dict[str, list[str]]:
 
 EXPECTED = {
     "unknown flag": "unrecognized arguments: --roundz",
-    "unknown config key": "unknown key(s) roundz",
+    "unknown config key": "unknown key 'roundz' (did you mean 'rounds'?)",
     "wrong type of flag": "invalid int value: 'ten'",
     "wrong type in config": "'rounds' must be int",
     "negative rounds": "rounds must be at least 1",

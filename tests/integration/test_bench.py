@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.processes import fedrun
+from tests.support.processes import fedrun
 
 pytestmark = pytest.mark.timeout(900)
 

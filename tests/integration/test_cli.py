@@ -10,7 +10,7 @@ import tomllib
 import numpy as np
 import pytest
 
-from tests.processes import assert_gone, descendant_pids, fedrun, start, wait_for_rounds, worker_pids
+from tests.support.processes import assert_gone, descendant_pids, fedrun, start, wait_for_rounds, worker_pids
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -43,7 +43,7 @@ def test_run_writes_rounds_config_and_weights(tmp_path):
         assert 0 <= r["train"]["accuracy"] <= 1
         assert set(r["eval"]) == {"round_clients", "heldout"}
     config = tomllib.loads((out / "config.toml").read_text())
-    assert config["rounds"] == 2 and config["workers"] == 2 and config["out"] == str(out)
+    assert config["workload"]["rounds"] == 2 and config["workers"]["count"] == 2 and config["output"]["dir"] == str(out)
     with np.load(out / "model_weights.npz") as weights:
         assert weights["trainable_0"].shape == (784, 10) and np.abs(weights["trainable_0"]).max() > 0
 
@@ -57,7 +57,7 @@ def test_config_file_and_flag_override(tmp_path):
                             capture_output=True, text=True, timeout=240)
     assert result.returncode == 0, result.stderr
     resolved = tomllib.loads((out / "config.toml").read_text())
-    assert resolved["workers"] == 1 and resolved["clients_per_round"] == 4
+    assert resolved["workers"]["count"] == 1 and resolved["workload"]["clients_per_round"] == 4
     rounds = [json.loads(line) for line in (out / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == 1 and rounds[0]["eval"] == {} and rounds[0]["shards"][0]["worker"] == "local-0"
 
@@ -67,7 +67,7 @@ def test_config_file_and_flag_override(tmp_path):
     (["--clients-per-round", "0"], "clients_per_round must be at least 1"),
     (["--clients-per-round", "500", "--population", "100"], "exceeds the population"),
     (["--client-lr", "0"], "client_lr must be greater than 0"),
-    (["--model", "resnet"], "unknown model 'resnet'"),
+    (["--model", "resnet"], "model must be one of linear, custom-linear, cnn, got 'resnet'"),
 ])
 def test_bad_values_fail_fast_with_a_clear_message(args, message, tmp_path):
     started = time.monotonic()

@@ -1,20 +1,19 @@
 """Client data built on real workers from keys: what a round sends, and that results do not depend
 on where the data is built. Files are small and written here in the formats users bring."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 
-from fedrun.config import RunConfig
-from fedrun.data import SourceOptions, create_source
-from fedrun.learning import algorithm_for
-from tests.coordinator_runs import max_weight_difference, reference_run, run_coordinator
-from tests.data_files import write_emnist_h5, write_emnist_sqlite, write_npz
+from fedrun.data.registry import SourceOptions, create_source
+from fedrun.learning.algorithm import algorithm_for
+from tests.support.runs import max_weight_difference, reference_run, run_coordinator
+from tests.support.data_files import write_emnist_h5, write_emnist_sqlite, write_npz
+from tests.support.configs import flat_config
 
 pytestmark = pytest.mark.timeout(300)
 
-CONFIG = RunConfig(rounds=2, clients_per_round=4, epochs=1, eval_clients=0, eval_every=0, progress=False)
+CONFIG = flat_config(rounds=2, clients_per_round=4, epochs=1, eval_clients=0, eval_every=0, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +25,8 @@ def npz_runs(tmp_path_factory):
         path = folder / f"clients-{per_client}.npz"
         if not path.exists():
             write_npz(path, clients=6, per_client=per_client)
-        config = dataclasses.replace(CONFIG, data=str(path), data_placement=placement)
-        source = create_source(SourceOptions(data=config.data))
+        config = flat_config(CONFIG, data=str(path), data_placement=placement)
+        source = create_source(SourceOptions(data=config.data.source))
         runs[per_client, placement] = run_coordinator(config, source, algorithm_for(config, source),
                                                       folder / f"run-{per_client}-{placement}")
     return runs
@@ -42,7 +41,7 @@ def test_bytes_to_workers_do_not_grow_with_client_data(npz_runs):
         assert abs(a - b) / a < 0.03, (small, large)
     # The large clients really trained on ten times the examples.
     examples = [r["train"]["num_examples"] for r in npz_runs[500, "workers"][1]]
-    assert examples == [4 * 400 * CONFIG.epochs] * CONFIG.rounds
+    assert examples == [4 * 400 * CONFIG.workload.epochs] * CONFIG.workload.rounds
 
 
 def test_shipped_tensors_cost_what_the_data_weighs(npz_runs):
@@ -70,7 +69,7 @@ def emnist_folder(tmp_path_factory):
 
 
 def test_emnist_h5_on_workers_matches_tff_single_process(emnist_folder, tmp_path):
-    config = dataclasses.replace(CONFIG, data="emnist", data_dir=str(emnist_folder), eval_clients=4,
+    config = flat_config(CONFIG, data="emnist", data_dir=str(emnist_folder), eval_clients=4,
                                  eval_every=1, eval_on="round_clients,heldout,sample")
     source = create_source(SourceOptions(data="emnist", data_dir=str(emnist_folder), heldout=4))
     algorithm = algorithm_for(config, source)
@@ -82,15 +81,15 @@ def test_emnist_h5_on_workers_matches_tff_single_process(emnist_folder, tmp_path
         assert set(record["eval"]) == {"round_clients", "heldout", "sample"}
         assert record["eval"]["heldout"]["num_examples"] == 4 * 10
         assert record["eval"]["sample"]["num_examples"] == 4 * 10
-        assert record["eval"]["round_clients"]["num_examples"] == config.clients_per_round * 10
+        assert record["eval"]["round_clients"]["num_examples"] == config.workload.clients_per_round * 10
     assert {s for r in rounds for sh in r["shards"] for s in sh["clients"]} <= {
         source.client_name(c) for c in range(source.population)}  # held-out writers never train
 
 
 def test_emnist_tff_087_sqlite_trains_on_workers(tmp_path):
     write_emnist_sqlite(tmp_path / "tff-cache", writers=10, train=20, test=5)
-    config = dataclasses.replace(CONFIG, rounds=1, data="emnist", data_dir=str(tmp_path / "tff-cache"))
-    source = create_source(SourceOptions(data=config.data, data_dir=config.data_dir))
+    config = flat_config(CONFIG, rounds=1, data="emnist", data_dir=str(tmp_path / "tff-cache"))
+    source = create_source(SourceOptions(data=config.data.source, data_dir=config.data.data_dir))
     state, rounds = run_coordinator(config, source, algorithm_for(config, source), tmp_path / "run")
-    assert rounds[0]["train"]["num_examples"] == config.clients_per_round * 20
+    assert rounds[0]["train"]["num_examples"] == config.workload.clients_per_round * 20
     assert max(float(np.max(np.abs(w))) for w in state.global_model_weights.trainable) > 1e-4

@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from tests.integration.test_cli import SMALL
-from tests.processes import assert_gone, descendant_pids, fedrun, start, wait_for_rounds, worker_pids
+from tests.support.processes import SMALL
+from tests.support.processes import assert_gone, descendant_pids, fedrun, start, wait_for_rounds, worker_pids
 
 pytestmark = pytest.mark.timeout(400)
 

@@ -23,19 +23,14 @@ import psutil
 import pytest
 
 from cluster import LocalProcessBackend, LocalWorkerOptions, WorkerStartError
-from cluster.listening_ports import listening_ports, parse_listening_sockets, socket_inodes
-from cluster.netns import namespaces_unavailable
-from fedrun.backends import backend_options
-from fedrun.config import RunConfig, resolve
+from cluster.local.ports import listening_ports, parse_listening_sockets, socket_inodes
+from cluster.local.netns import namespaces_unavailable
+from cluster import backend_options
+from fedrun.config import RunConfig
 from fedrun.errors import FedrunError
-from tests.integration.test_local_backend import (
-    _env_with_repo_on_path,
-    _eventually,
-    _fake_binary,
-    _gone,
-    _grpc_ready,
-    _live_descendants,
-)
+from tests.support.configs import flat_config
+from tests.support.processes import fake_binary
+from tests.support.waiting import env_with_repo_on_path, eventually, gone, grpc_ready, live_descendants
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -53,13 +48,13 @@ def _role(process: psutil.Process) -> str:
     command = process.cmdline()
     if process.name() == "unshare":
         return "unshare"
-    if "cluster.isolated_worker" in command:
+    if "cluster.local.isolated_worker" in command:
         return "forwarder"
     return "worker" if Path(command[0]).name == "worker_binary" else "other"
 
 
 def _processes(role: str) -> list[psutil.Process]:
-    return [process for process in _live_descendants() if _role(process) == role]
+    return [process for process in live_descendants() if _role(process) == role]
 
 
 def _host_listening_inodes() -> set[int]:
@@ -136,29 +131,29 @@ def test_socket_is_owner_only_in_an_owner_only_directory(isolated: LocalProcessB
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
     assert path.stat().st_uid == path.parent.stat().st_uid == os.getuid()
-    assert _grpc_ready(worker.target)
+    assert grpc_ready(worker.target)
 
 
 def test_stop_leaves_no_process_and_no_socket(isolated: LocalProcessBackend) -> None:
     workers = isolated.start(2)
-    pids = [process.pid for process in _live_descendants()]
+    pids = [process.pid for process in live_descendants()]
     assert sorted(_role(psutil.Process(pid)) for pid in pids) == ["forwarder"] * 2 + ["unshare"] * 2 + ["worker"] * 2
 
     isolated.stop()
 
-    assert all(_gone(pid) for pid in pids)
+    assert all(gone(pid) for pid in pids)
     assert not any(Path(w.target.removeprefix("unix:")).parent.exists() for w in workers)
 
 
 def test_replace_gives_a_fresh_socket_and_ends_the_old_namespace(isolated: LocalProcessBackend) -> None:
     old, untouched = isolated.start(2)
-    old_pids = [p.pid for p in _live_descendants() if old.target.removeprefix("unix:") in " ".join(p.cmdline())]
+    old_pids = [p.pid for p in live_descendants() if old.target.removeprefix("unix:") in " ".join(p.cmdline())]
     assert len(old_pids) == 2  # unshare and forwarder carry the socket path
 
     fresh = isolated.replace("local-0")
 
-    assert fresh.target != old.target and _grpc_ready(fresh.target)
-    assert all(_gone(pid) for pid in old_pids)
+    assert fresh.target != old.target and grpc_ready(fresh.target)
+    assert all(gone(pid) for pid in old_pids)
     assert not _unix_socket_accepts(Path(old.target.removeprefix("unix:")))
     assert isolated.workers() == [fresh, untouched]
 
@@ -179,8 +174,8 @@ def test_killing_worker_or_forwarder_ends_the_whole_namespace(isolated: LocalPro
 
     process.kill()
 
-    assert _eventually(lambda: not isolated.is_alive("local-0"))
-    assert _eventually(lambda: not _processes("worker") and not _processes("forwarder"))
+    assert eventually(lambda: not isolated.is_alive("local-0"))
+    assert eventually(lambda: not _processes("worker") and not _processes("forwarder"))
     assert isolated.is_alive(isolated.replace("local-0").worker_id)
 
 
@@ -197,7 +192,7 @@ time.sleep(600)
 
 def test_sigkilled_coordinator_takes_unshare_forwarder_and_worker_down(tmp_path: Path) -> None:
     coordinator = subprocess.Popen([sys.executable, "-c", _COORDINATOR, str(tmp_path)],
-                                   stdout=subprocess.PIPE, text=True, env=_env_with_repo_on_path())
+                                   stdout=subprocess.PIPE, text=True, env=env_with_repo_on_path())
     pids: list[int] = []
     try:
         assert coordinator.stdout is not None
@@ -208,17 +203,17 @@ def test_sigkilled_coordinator_takes_unshare_forwarder_and_worker_down(tmp_path:
         coordinator.kill()
         coordinator.wait()
 
-        assert _eventually(lambda: all(_gone(pid) for pid in pids), timeout_s=5.0)
+        assert eventually(lambda: all(gone(pid) for pid in pids), timeout_s=5.0)
     finally:
         coordinator.kill()
         coordinator.wait()
         for pid in pids:  # orphans are no longer our descendants: clean up by pid
-            if not _gone(pid):
+            if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
 def test_worker_exiting_during_startup_quotes_its_log(tmp_path: Path) -> None:
-    failing = _fake_binary(tmp_path, "echo 'fake worker: unknown flag' >&2\nexit 3")
+    failing = fake_binary(tmp_path, "echo 'fake worker: unknown flag' >&2\nexit 3")
     backend = LocalProcessBackend(LocalWorkerOptions(binary=failing, isolation="netns"))
 
     with pytest.raises(WorkerStartError, match="exit code 3") as error:
@@ -228,28 +223,28 @@ def test_worker_exiting_during_startup_quotes_its_log(tmp_path: Path) -> None:
 
 
 def test_hung_isolated_worker_times_out_and_leaves_nothing(tmp_path: Path) -> None:
-    hung = _fake_binary(tmp_path, "sleep 600")
+    hung = fake_binary(tmp_path, "sleep 600")
     backend = LocalProcessBackend(LocalWorkerOptions(binary=hung, ready_timeout_s=1.0, isolation="netns"))
 
     with pytest.raises(WorkerStartError, match="listen behind its Unix socket within ready_timeout_s"):
         backend.start(2)
 
-    assert _live_descendants() == []
+    assert live_descendants() == []
 
 
 def test_isolation_required_but_unavailable_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cluster.local.namespaces_unavailable", lambda: "user namespaces are disabled")
+    monkeypatch.setattr("cluster.local.backend.namespaces_unavailable", lambda: "user namespaces are disabled")
     backend = LocalProcessBackend(ISOLATED)
 
     with pytest.raises(WorkerStartError, match='user namespaces are disabled.*isolation "none"'):
         backend.start(1)
-    assert _live_descendants() == []
+    assert live_descendants() == []
 
 
 def test_auto_without_namespaces_exposes_the_worker_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("cluster.local.namespaces_unavailable", lambda: "user namespaces are disabled")
+    monkeypatch.setattr("cluster.local.backend.namespaces_unavailable", lambda: "user namespaces are disabled")
 
     with caplog.at_level(logging.WARNING), LocalProcessBackend(LocalWorkerOptions(isolation="auto")) as backend:
         (worker,) = backend.start(1)
@@ -269,15 +264,15 @@ def test_auto_isolates_where_namespaces_work() -> None:
 def test_invalid_isolation_names_the_choices() -> None:
     with pytest.raises(ValueError, match="isolation must be one of auto, netns, none"):
         LocalWorkerOptions(isolation="firewall")  # type: ignore[arg-type]
-    with pytest.raises(FedrunError, match="worker_isolation must be auto, netns or none"):
-        resolve({}, {"worker_isolation": "firewall"})
+    with pytest.raises(FedrunError, match="worker_isolation must be one of auto, netns, none"):
+        flat_config(worker_isolation="firewall")
 
 
 def test_worker_isolation_reaches_the_local_backend(tmp_path: Path) -> None:
-    config = resolve({}, {"worker_isolation": "none"})
+    config = flat_config(worker_isolation="none")
 
-    assert backend_options(config, tmp_path)["options"].isolation == "none"
-    assert RunConfig().worker_isolation == "auto"
+    assert backend_options(config.cluster, tmp_path).isolation == "none"
+    assert RunConfig().workers.isolation == "auto"
 
 
 def _start_training(out: Path, isolation: str) -> subprocess.Popen[str]:
@@ -285,7 +280,7 @@ def _start_training(out: Path, isolation: str) -> subprocess.Popen[str]:
         [sys.executable, "-m", "fedrun.cli", "run", "--workers", "2", "--rounds", "2",
          "--clients-per-round", "6", "--epochs", "1", "--population", "60", "--eval-every", "0",
          "--no-progress", "--worker-isolation", isolation, "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=_env_with_repo_on_path(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env_with_repo_on_path(),
     )
 
 

@@ -16,41 +16,33 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import psutil
 import pytest
 
 from cluster import (
     BACKENDS,
+    ClusterSettings,
     LocalProcessBackend,
     LocalWorkerOptions,
     Worker,
     WorkerError,
+    WorkerSettings,
     WorkerStartError,
+    backend_options,
     create_backend,
     find_worker_binary,
 )
-from cluster.listening_ports import listening_ports, parse_listening_sockets, parse_socket_inode
+from cluster.local.ports import listening_ports, parse_listening_sockets, parse_socket_inode
 from cluster.registry import BackendEntry
+from tests.support.processes import fake_binary
+from tests.support.waiting import env_with_repo_on_path, eventually, gone, grpc_ready, live_descendants
 
 pytestmark = pytest.mark.timeout(120)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EXPOSED = LocalWorkerOptions(isolation="none")
-
-
-def _live_descendants() -> list[psutil.Process]:
-    alive = []
-    for process in psutil.Process().children(recursive=True):
-        try:
-            if process.status() != psutil.STATUS_ZOMBIE:
-                alive.append(process)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
 
 
 @pytest.fixture(autouse=True)
@@ -76,47 +68,10 @@ def _listener_pid_by_port() -> dict[int, int]:
     """Listening port -> pid, as psutil sees the processes this test started."""
     return {
         connection.laddr.port: process.pid
-        for process in _live_descendants()
+        for process in live_descendants()
         for connection in process.net_connections(kind="tcp")
         if connection.status == psutil.CONN_LISTEN
     }
-
-
-def _grpc_ready(target: str) -> bool:
-    with grpc.insecure_channel(target) as channel:
-        try:
-            grpc.channel_ready_future(channel).result(timeout=10)
-        except grpc.FutureTimeoutError:
-            return False
-    return True
-
-
-def _gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
-
-
-def _eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
-def _fake_binary(tmp_path: Path, body: str) -> Path:
-    path = tmp_path / "worker_binary"
-    path.write_text(f"#!/bin/sh\n{body}\n")
-    path.chmod(0o755)
-    return path
-
-
-def _env_with_repo_on_path() -> dict[str, str]:
-    python_path = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    return {**os.environ, "PYTHONPATH": python_path}
 
 
 def test_start_gives_distinct_ready_workers_listening_on_their_targets(
@@ -130,7 +85,7 @@ def test_start_gives_distinct_ready_workers_listening_on_their_targets(
     for worker in workers:
         assert worker.target.startswith("127.0.0.1:")
         assert backend.is_alive(worker.worker_id)
-        assert _grpc_ready(worker.target)
+        assert grpc_ready(worker.target)
     pid_by_port = _listener_pid_by_port()
     assert sorted(pid_by_port) == sorted(_port(worker.target) for worker in workers)
     for pid in pid_by_port.values():
@@ -152,8 +107,8 @@ def test_replace_starts_a_fresh_worker_and_stops_the_old_one(
 
     assert fresh.worker_id == "local-0"
     assert backend.is_alive("local-0")
-    assert _grpc_ready(fresh.target)
-    assert _gone(old_pid)
+    assert grpc_ready(fresh.target)
+    assert gone(old_pid)
     assert _listener_pid_by_port()[_port(fresh.target)] != old_pid
     assert backend.workers() == [fresh, untouched]
 
@@ -162,11 +117,11 @@ def test_killed_worker_is_not_alive_until_replaced(backend: LocalProcessBackend)
     (worker,) = backend.start(1)
     os.kill(_listener_pid_by_port()[_port(worker.target)], signal.SIGKILL)
 
-    assert _eventually(lambda: not backend.is_alive("local-0"))
+    assert eventually(lambda: not backend.is_alive("local-0"))
 
     fresh = backend.replace("local-0")
     assert backend.is_alive("local-0")
-    assert _grpc_ready(fresh.target)
+    assert grpc_ready(fresh.target)
 
 
 def test_stop_is_idempotent_and_leaves_no_process(backend: LocalProcessBackend) -> None:
@@ -177,7 +132,7 @@ def test_stop_is_idempotent_and_leaves_no_process(backend: LocalProcessBackend) 
     backend.stop()
     backend.stop()
 
-    assert all(_gone(pid) for pid in pids)
+    assert all(gone(pid) for pid in pids)
     assert backend.workers() == []
     with pytest.raises(WorkerError, match="not started"):
         backend.is_alive("local-0")
@@ -196,7 +151,7 @@ def test_backends_started_together_get_distinct_ports_and_outlive_the_starting_t
         assert sorted(_listener_pid_by_port()) == sorted(_port(worker.target) for worker in workers)
         for backend, batch in zip(backends, started):
             for worker in batch:
-                assert _grpc_ready(worker.target)
+                assert grpc_ready(worker.target)
                 assert backend.is_alive(worker.worker_id)
     finally:
         for backend in backends:
@@ -221,24 +176,24 @@ def test_workers_die_with_a_coordinator_killed_by_sigkill(tmp_path: Path) -> Non
         [sys.executable, "-c", _COORDINATOR, str(tmp_path)],
         stdout=subprocess.PIPE,
         text=True,
-        env=_env_with_repo_on_path(),
+        env=env_with_repo_on_path(),
     )
     worker_pids: list[int] = []
     try:
         assert coordinator.stdout is not None
         worker_pids = [int(pid) for pid in coordinator.stdout.readline().split()]
         assert len(worker_pids) == 2
-        assert not any(_gone(pid) for pid in worker_pids)
+        assert not any(gone(pid) for pid in worker_pids)
 
         coordinator.kill()
         coordinator.wait()
 
-        assert _eventually(lambda: all(_gone(pid) for pid in worker_pids), timeout_s=5.0)
+        assert eventually(lambda: all(gone(pid) for pid in worker_pids), timeout_s=5.0)
     finally:
         coordinator.kill()
         coordinator.wait()
         for pid in worker_pids:  # orphans are no longer our descendants: clean up by pid
-            if not _gone(pid):
+            if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
 
 
@@ -290,7 +245,7 @@ def test_finding_and_starting_workers_does_not_import_tensorflow() -> None:
         capture_output=True,
         text=True,
         check=True,
-        env=_env_with_repo_on_path(),
+        env=env_with_repo_on_path(),
     ).stdout
 
     assert imported.strip() == "[]"
@@ -298,7 +253,7 @@ def test_finding_and_starting_workers_does_not_import_tensorflow() -> None:
 
 def test_binary_that_never_listens_times_out_and_is_stopped(tmp_path: Path) -> None:
     # A fake standing in for a hung worker_binary: it runs but never opens a port.
-    hung = _fake_binary(tmp_path, "sleep 600")
+    hung = fake_binary(tmp_path, "sleep 600")
     backend = LocalProcessBackend(LocalWorkerOptions(binary=hung, ready_timeout_s=1.0))
     began = time.monotonic()
 
@@ -306,15 +261,15 @@ def test_binary_that_never_listens_times_out_and_is_stopped(tmp_path: Path) -> N
         backend.start(2)
 
     assert time.monotonic() - began < 4.0
-    assert _live_descendants() == []  # neither the scripts nor their `sleep` children remain
+    assert live_descendants() == []  # neither the scripts nor their `sleep` children remain
 
 
 def test_worker_ignoring_sigterm_is_killed_after_the_grace_period(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A fake standing in for a hung worker_binary that also ignores SIGTERM (as does its child).
-    stubborn = _fake_binary(tmp_path, "trap '' TERM\nsleep 600")
-    monkeypatch.setattr("cluster.local._STOP_GRACE_S", 0.5)
+    stubborn = fake_binary(tmp_path, "trap '' TERM\nsleep 600")
+    monkeypatch.setattr("cluster.local.backend._STOP_GRACE_S", 0.5)
     backend = LocalProcessBackend(LocalWorkerOptions(binary=stubborn, ready_timeout_s=0.5))
     began = time.monotonic()
 
@@ -322,11 +277,11 @@ def test_worker_ignoring_sigterm_is_killed_after_the_grace_period(
         backend.start(1)
 
     assert time.monotonic() - began < 3.0
-    assert _live_descendants() == []
+    assert live_descendants() == []
 
 
 def test_binary_that_exits_at_once_reports_exit_code_and_log(tmp_path: Path) -> None:
-    failing = _fake_binary(tmp_path, "echo 'fake worker: unknown flag' >&2\nexit 3")
+    failing = fake_binary(tmp_path, "echo 'fake worker: unknown flag' >&2\nexit 3")
     backend = LocalProcessBackend(LocalWorkerOptions(binary=failing))
 
     with pytest.raises(WorkerStartError, match="exit code 3") as error:
@@ -342,7 +297,7 @@ def test_log_dir_keeps_each_workers_log(tmp_path: Path, monkeypatch: pytest.Monk
     with LocalProcessBackend(LocalWorkerOptions(log_dir=tmp_path / "logs")) as backend:
         backend.start(1)
         # The binary logs this just after it starts listening: on a busy machine, after ready.
-        assert _eventually(lambda: "ExecutorService started" in log.read_text())
+        assert eventually(lambda: "ExecutorService started" in log.read_text())
 
     assert "ExecutorService started" in log.read_text()
 
@@ -361,23 +316,24 @@ def test_invalid_options_name_the_field_to_change(field: str, value: float) -> N
 
 
 def test_registry_builds_the_local_backend() -> None:
-    backend = create_backend("local", options=LocalWorkerOptions(ready_timeout_s=5.0))
+    backend = create_backend(ClusterSettings(WorkerSettings(start_timeout_s=5.0)))
 
     assert isinstance(backend, LocalProcessBackend)
+    assert backend_options(ClusterSettings(WorkerSettings(start_timeout_s=5.0))).ready_timeout_s == 5.0
 
 
 def test_unknown_backend_lists_the_known_ones() -> None:
     with pytest.raises(WorkerError, match="choose one of local"):
-        create_backend("nonexistent")
+        create_backend(ClusterSettings(WorkerSettings(backend="nonexistent")))
 
 
 def test_backend_with_missing_dependency_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(
-        BACKENDS, "ray", BackendEntry("fedrun_test_absent_module", "RayBackend", extra="ray")
+        BACKENDS, "ray", BackendEntry("fedrun_test_absent_module", "RayBackend", "cluster.ray.options", extra="ray")
     )
 
     with pytest.raises(WorkerError, match=r"pip install 'fedrun\[ray\]'"):
-        create_backend("ray")
+        create_backend(ClusterSettings(WorkerSettings(backend="ray")))
 
 
 # Captured from a worker_binary started with --port=0 (LISTEN on [::]:36803, inode 5018), plus an

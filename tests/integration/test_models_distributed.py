@@ -1,29 +1,28 @@
 """Models and optimizers on the distributed stack with real workers."""
 
-import dataclasses
 
 import numpy as np
 import pytest
 
-from fedrun.config import RunConfig
 from fedrun.data.synthetic import SyntheticDigits
-from fedrun.learning import algorithm_for
-from tests.coordinator_runs import max_weight_difference, reference_run, run_coordinator
+from fedrun.learning.algorithm import algorithm_for
+from tests.support.runs import max_weight_difference, reference_run, run_coordinator
+from tests.support.configs import flat_config
 
 pytestmark = pytest.mark.timeout(300)
 
-CONFIG = RunConfig(rounds=3, clients_per_round=6, epochs=1, population=60, eval_clients=6, progress=False)
+CONFIG = flat_config(rounds=3, clients_per_round=6, epochs=1, population=60, eval_clients=6, progress=False)
 
 
 @pytest.fixture(scope="module")
 def source():
-    return SyntheticDigits(population=CONFIG.population, heldout=CONFIG.eval_clients)
+    return SyntheticDigits(population=CONFIG.data.population, heldout=CONFIG.eval.clients)
 
 
 def test_custom_linear_follows_the_keras_linear_trajectory(source, tmp_path):
     runs = {}
     for model in ("linear", "custom-linear"):
-        config = dataclasses.replace(CONFIG, model=model)
+        config = flat_config(CONFIG, model=model)
         runs[model] = run_coordinator(config, source, algorithm_for(config, source), tmp_path / model)
     (keras_state, keras_rounds), (custom_state, custom_rounds) = runs["linear"], runs["custom-linear"]
     assert max_weight_difference(custom_state, keras_state) <= 1e-5
@@ -42,7 +41,7 @@ def test_custom_linear_follows_the_keras_linear_trajectory(source, tmp_path):
     {"server_optimizer": "adam", "server_lr": 0.01, "client_momentum": 0.9},
 ], ids=["cnn", "fedadam-momentum"])
 def test_distributed_run_matches_tff_single_process(source, tmp_path, changes):
-    config = dataclasses.replace(CONFIG, eval_every=0, **changes)
+    config = flat_config(CONFIG, eval_every=0, **changes)
     algorithm = algorithm_for(config, source)
     state, rounds = run_coordinator(config, source, algorithm, tmp_path)
     ref_state, ref_metrics = reference_run(config, source, algorithm)
@@ -56,6 +55,6 @@ def test_optimizers_change_the_trajectory(source, tmp_path):
     """FedAdam with client momentum ends elsewhere than plain FedAvg from the same start."""
     ends = []
     for changes in ({}, {"server_optimizer": "adam", "server_lr": 0.01, "client_momentum": 0.9}):
-        config = dataclasses.replace(CONFIG, rounds=1, eval_every=0, **changes)
+        config = flat_config(CONFIG, rounds=1, eval_every=0, **changes)
         ends.append(run_coordinator(config, source, algorithm_for(config, source), tmp_path / str(len(ends)))[0])
     assert max_weight_difference(*ends) > 1e-3

@@ -19,7 +19,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import TENSORS, EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
 
-from tests.prometheus_helpers import Samples, free_port, samples, stand_in_pushgateway
+from tests.support.prometheus import Samples, free_port, samples, stand_in_pushgateway
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -24,26 +24,18 @@ import ray
 from ray.cluster_utils import Cluster
 
 from cluster import Worker, WorkerStartError
-from cluster.local import LocalWorkerOptions
-from cluster.ray_backend import RayBackend
-from cluster.ray_options import RayWorkerOptions
-from fedrun.results import read_rounds
-from tests.contract import test_backends as contract
-from tests.contract.test_backends import (
-    CONFIG,
-    eventually,
-    grpc_ready,
-    running,
-    started_processes,
-)
-from tests.coordinator_runs import max_weight_difference, run_coordinator
-from tests.integration.test_cli import SMALL
-from tests.processes import fedrun
+from cluster.local.options import LocalWorkerOptions
+from cluster.ray.backend import RayBackend
+from cluster.ray.options import RayWorkerOptions
+from fedrun.loop.run_dir import RoundsFile
+from tests.support.backends import CONFIG, running, started_processes
+from tests.support.waiting import eventually, grpc_ready
+from tests.support.runs import max_weight_difference, run_coordinator
+from tests.support.processes import SMALL
+from tests.support.processes import fedrun
+from tests.support.configs import flat_config
 
 pytestmark = pytest.mark.timeout(300)
-
-# The contract suite's workload and its single-process TFF reference, computed once here too.
-source, algorithm, reference = contract.source, contract.algorithm, contract.reference
 
 _QUIET_RAY = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0"}
 
@@ -115,8 +107,8 @@ def fedrun_placement_group_states() -> list[str]:
 
 def test_ray_is_imported_only_by_the_ray_backend_and_the_actor_imports_no_tensorflow() -> None:
     # Ray stays optional; TensorFlow would stretch each actor's start from ~1 s to ~7 s.
-    script = ("import sys, cluster, cluster.ray_options; ray_before = 'ray' in sys.modules; "
-              "import cluster.ray_worker; print(ray_before, sorted({m.split('.')[0] for m in sys.modules} "
+    script = ("import sys, cluster, cluster.ray.options; ray_before = 'ray' in sys.modules; "
+              "import cluster.ray.actor; print(ray_before, sorted({m.split('.')[0] for m in sys.modules} "
               "& {'tensorflow', 'tensorflow_federated', 'fedrun'}))")
     imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
                               cwd=Path(__file__).resolve().parents[2]).stdout
@@ -241,7 +233,7 @@ def test_fedrun_run_joins_the_cluster_by_address(cluster: RayTestCluster, tmp_pa
         capture_output=True, text=True, timeout=240)
 
     assert result.returncode == 0, result.stderr
-    rounds = read_rounds(out / "rounds.jsonl")
+    rounds = [r.to_json() for r in RoundsFile(out / "rounds.jsonl").read()]
     assert len(rounds) == 2 and all(r["failures"] == [] for r in rounds)
     assert {shard["worker"] for r in rounds for shard in r["shards"]} == {"ray-0", "ray-1"}
     assert not (out / "workers").exists()  # on a cluster, worker logs stay on their nodes
@@ -260,16 +252,16 @@ def test_fedrun_run_reports_more_gpus_than_the_cluster_has_before_any_round(
     assert "3 workers x GPU=1 asks for GPU=3, but the cluster has GPU=2" in result.stderr
     assert "Traceback" not in result.stderr
     rounds_file = out / "rounds.jsonl"
-    assert not rounds_file.exists() or read_rounds(rounds_file) == []
+    assert not rounds_file.exists() or RoundsFile(rounds_file).read() == []
 
 
 def test_node_lost_mid_run_is_a_dead_worker_whose_shards_run_again(
     cluster: RayTestCluster, source, algorithm, reference, tmp_path: Path
 ) -> None:
     # Last in this module: it removes a node for good.
-    config = dataclasses.replace(CONFIG, workers=2, shards=4)
+    config = flat_config(CONFIG, workers=2, shards=4)
     with RayBackend(options(cluster, placement_strategy="SPREAD")) as backend:
-        workers = backend.start(config.workers)
+        workers = backend.start(config.workers.count)
         # Not the node this process's Ray connection goes through: removing that one ends it.
         driver_node = ray.get_runtime_context().get_node_id()
         lost_node = next(name for name in ("b", "a") if cluster.nodes[name].node_id != driver_node)

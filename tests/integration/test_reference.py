@@ -11,7 +11,7 @@ _SCRIPT = """
 import signal
 import numpy as np
 import tensorflow_federated as tff
-from fedrun.reference import tff_local_context
+from fedrun.bench.reference import tff_local_context
 
 signal.signal(signal.SIGINT, signal.SIG_IGN)
 

@@ -21,11 +21,13 @@ import grpc
 import psutil
 import pytest
 
-from cluster import LocalProcessBackend, LocalWorkerOptions, WorkerError, WorkerStartError, create_backend
-from cluster.static import StaticBackend, StaticWorkerOptions
-from fedrun.config import resolve
+from cluster import (ClusterSettings, LocalProcessBackend, LocalWorkerOptions, WorkerError, WorkerSettings,
+                     WorkerStartError, create_backend)
+from cluster.static.backend import StaticBackend
+from cluster.static.options import StaticWorkerOptions
 from fedrun.errors import FedrunError
-from tests.integration.test_local_backend import _env_with_repo_on_path, _eventually, _grpc_ready
+from tests.support.configs import flat_config
+from tests.support.waiting import env_with_repo_on_path, eventually, grpc_ready
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -38,8 +40,8 @@ def _free_port() -> int:
 
 def _start_fedrun_worker(port: int, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[str]:
     worker = subprocess.Popen([sys.executable, "-m", "fedrun.cli", "worker", "--port", str(port)],
-                              stderr=stderr, text=True, env=_env_with_repo_on_path())
-    assert _grpc_ready(f"127.0.0.1:{port}"), "fedrun worker did not start"
+                              stderr=stderr, text=True, env=env_with_repo_on_path())
+    assert grpc_ready(f"127.0.0.1:{port}"), "fedrun worker did not start"
     return worker
 
 
@@ -74,7 +76,7 @@ def test_connects_to_running_workers_and_leaves_them_running(exposed_workers: Lo
         backend.stop()
         backend.stop()
         assert exposed_workers.is_alive("local-0") and isolated.is_alive("local-0")
-        assert all(_grpc_ready(target) for target in targets)
+        assert all(grpc_ready(target) for target in targets)
         with pytest.raises(WorkerError, match="not started"):
             backend.is_alive("static-0")
 
@@ -169,13 +171,13 @@ def test_fedrun_worker_passes_sigterm_on_and_exits_with_the_workers_status() -> 
     worker.send_signal(signal.SIGTERM)
 
     assert worker.wait(timeout=10) == 128 + signal.SIGTERM
-    assert _eventually(lambda: not psutil.pid_exists(binary.pid) or binary.status() == psutil.STATUS_ZOMBIE)
+    assert eventually(lambda: not psutil.pid_exists(binary.pid) or binary.status() == psutil.STATUS_ZOMBIE)
     assert "without authentication" in worker.stderr.read()
 
 
 def test_fedrun_worker_rejects_a_port_the_binary_would_wrap() -> None:
     finished = subprocess.run([sys.executable, "-m", "fedrun.cli", "worker", "--port", "70000"],
-                              capture_output=True, text=True, env=_env_with_repo_on_path())
+                              capture_output=True, text=True, env=env_with_repo_on_path())
 
     assert finished.returncode == 2
     assert "port must be between 1 and 65535" in finished.stderr
@@ -223,25 +225,26 @@ def test_liveness_checks_leave_the_workers_log_alone(tmp_path: Path) -> None:
 
 
 def test_registry_builds_the_static_backend() -> None:
-    backend = create_backend("static", options=StaticWorkerOptions(("127.0.0.1:8000",)))
+    backend = create_backend(ClusterSettings(WorkerSettings(backend="static", count=1, addresses="127.0.0.1:8000")))
 
     assert isinstance(backend, StaticBackend)
+    assert backend.capabilities.starts_workers is False
 
 
 def test_config_needs_one_address_per_worker() -> None:
     with pytest.raises(FedrunError, match="one worker per address.*lists 2, workers is 3"):
-        resolve({}, {"backend": "static", "workers": 3, "worker_addresses": "a:1, b:2"})
-    config = resolve({}, {"backend": "static", "workers": 2, "worker_addresses": "a:1, b:2"})
-    assert config.worker_address_list == ["a:1", "b:2"]
+        flat_config(backend="static", workers=3, worker_addresses="a:1, b:2", allow_remote_workers=True)
+    config = flat_config(backend="static", workers=2, worker_addresses="a:1, b:2", allow_remote_workers=True)
+    assert config.workers.address_list == ("a:1", "b:2")
 
 
 def test_probing_workers_does_not_import_tensorflow() -> None:
     imported = subprocess.run(
-        [sys.executable, "-c", "import sys, grpc, cluster.static as s; "
-         "from cluster.executor_probe import probe_executor; "
+        [sys.executable, "-c", "import sys, grpc, cluster.static.backend as s; "
+         "from cluster.static.probe import probe_executor; "
          "probe_executor(grpc.insecure_channel('127.0.0.1:9'), 0.5); "
          "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'tensorflow_federated'}))"],
-        capture_output=True, text=True, check=True, env=_env_with_repo_on_path(),
+        capture_output=True, text=True, check=True, env=env_with_repo_on_path(),
     ).stdout
 
     assert imported.strip() == "[]"
@@ -256,7 +259,7 @@ def test_fedrun_run_trains_on_fedrun_workers(tmp_path: Path) -> None:
              "--worker-addresses", ",".join(f"127.0.0.1:{port}" for port in ports),
              "--rounds", "1", "--clients-per-round", "6", "--epochs", "1", "--population", "60",
              "--eval-every", "0", "--no-progress", "--out", str(tmp_path / "run")],
-            capture_output=True, text=True, env=_env_with_repo_on_path(),
+            capture_output=True, text=True, env=env_with_repo_on_path(),
         )
         assert finished.returncode == 0, finished.stderr
         (record,) = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]

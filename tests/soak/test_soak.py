@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from tests.processes import assert_gone, descendant_pids, fedrun, start, wait_for_rounds, worker_pids
+from tests.support.processes import assert_gone, descendant_pids, fedrun, start, wait_for_rounds, worker_pids
 
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600)]
 

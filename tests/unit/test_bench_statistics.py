@@ -1,7 +1,7 @@
 """The bench's pure pieces: which of several comparisons is reported, and memory growth when
 workers were recycled. No system runs here."""
 
-from fedrun.bench import _growth, median_run
+from fedrun.bench.statistics import growth as _growth, median_run
 
 
 def _run(ratio: float) -> dict:

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from fedrun.metrics import PrometheusMetrics
+from fedrun.observe.prometheus import PrometheusMetrics
 
 DEPLOY = Path(__file__).parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "fedrun-dashboard.json"

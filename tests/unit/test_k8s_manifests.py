@@ -10,9 +10,9 @@ from typing import Any
 
 import yaml
 
-from fedrun.backends import backend_options
+from cluster import backend_options
 from fedrun.cli import build_parser
-from fedrun.config import FIELDS, RunConfig, resolve
+from fedrun.config import RunConfig, chosen_flags, flag_values, resolve
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 NAMESPACED = {"Service", "StatefulSet", "Job", "NetworkPolicy"}
@@ -49,7 +49,7 @@ def _container(workload: dict[str, Any]) -> dict[str, Any]:
 def _coordinator_config() -> RunConfig:
     args = build_parser().parse_args(_container(_one("Job"))["args"])  # exits on an unknown flag
     assert args.command == "run"
-    return resolve({}, {k: v for k, v in vars(args).items() if k in FIELDS})
+    return resolve(flag_values(chosen_flags(args)))
 
 
 def test_every_object_parses_and_lives_in_the_fedrun_namespace() -> None:
@@ -89,14 +89,14 @@ def test_coordinator_job_dials_exactly_the_stateful_set_pods() -> None:
 
     config = _coordinator_config()
 
-    assert config.backend == "static" and config.allow_remote_workers
-    assert config.workers == replicas
-    assert config.worker_address_list == [
+    assert config.workers.backend == "static" and config.workers.allow_remote
+    assert config.workers.count == replicas
+    assert list(config.workers.address_list) == [
         f"{name}-{index}.{service['metadata']['name']}.{namespace}.svc.cluster.local:{port}"
         for index in range(replicas)
     ]
-    options = backend_options(config, Path("/data/run"))["options"]
-    assert options.addresses == tuple(config.worker_address_list)
+    options = backend_options(config.cluster, Path("/data/run/workers"))
+    assert options.addresses == config.workers.address_list
 
 
 def test_coordinator_uses_the_worker_image_and_writes_results_to_a_volume() -> None:
@@ -107,11 +107,11 @@ def test_coordinator_uses_the_worker_image_and_writes_results_to_a_volume() -> N
     assert container["image"] == _container(_one("StatefulSet"))["image"]
     mounts = {m["name"]: Path(m["mountPath"]) for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
-    holding = [name for name, path in mounts.items() if config.out.is_relative_to(path)]
-    assert holding, f"--out {config.out} is on no mounted volume"
+    holding = [name for name, path in mounts.items() if config.output.dir.is_relative_to(path)]
+    assert holding, f"--out {config.output.dir} is on no mounted volume"
     assert {"emptyDir", "persistentVolumeClaim"} & set(volumes[holding[0]])
-    assert config.metrics_host == "0.0.0.0"
-    assert [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"] == [config.metrics_port]
+    assert config.observe.metrics_host == "0.0.0.0"
+    assert [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"] == [config.observe.metrics_port]
 
 
 def test_namespace_denies_all_traffic_by_default() -> None:
@@ -146,7 +146,7 @@ def test_coordinator_metrics_accept_only_prometheus() -> None:
 
     assert rules
     for rule in rules:
-        assert rule["ports"] == [{"protocol": "TCP", "port": config.metrics_port}]
+        assert rule["ports"] == [{"protocol": "TCP", "port": config.observe.metrics_port}]
         for peer in rule["from"]:
             assert peer["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cluster.local import LocalWorkerOptions
+from cluster.local.options import LocalWorkerOptions
 
 
 def test_thread_counts_reach_the_binary_environment(monkeypatch):

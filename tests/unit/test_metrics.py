@@ -15,10 +15,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from cluster import Worker
 from fedrun.config import RunConfig
+from tests.support.configs import flat_config
 from fedrun.errors import FedrunError
-from fedrun.metrics import PrometheusMetrics
-from fedrun.results import RoundRecord, ShardRecord
-from tests.prometheus_helpers import free_port, samples, scrape, stand_in_pushgateway
+from fedrun.observe.prometheus import PrometheusMetrics
+from fedrun.loop.records import RoundRecord, ShardRecord
+from tests.support.prometheus import free_port, samples, scrape, stand_in_pushgateway
 
 WORKERS = [Worker("local-0", "127.0.0.1:1"), Worker("local-1", "127.0.0.1:2")]
 
@@ -46,7 +47,7 @@ def registry() -> CollectorRegistry:
 
 def test_rounds_become_counters_histograms_and_gauges(registry):
     metrics = PrometheusMetrics(registry)
-    metrics.on_start(RunConfig(rounds=7), WORKERS)
+    metrics.on_start(flat_config(rounds=7), WORKERS)
     metrics.on_round(round_record(1, latency=2.0, loss=1.5))
     metrics.on_round(round_record(2, latency=0.3, loss=1.0))
     value = registry.get_sample_value
@@ -112,7 +113,7 @@ def test_failures_retries_and_live_workers(registry):
 def test_serves_metrics_on_loopback_until_the_run_ends(registry):
     port = free_port()
     metrics = PrometheusMetrics(registry, port=port)
-    metrics.on_start(RunConfig(rounds=7), WORKERS)
+    metrics.on_start(flat_config(rounds=7), WORKERS)
     try:
         listening = [c.laddr for c in psutil.Process().net_connections("tcp")
                      if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
@@ -163,7 +164,7 @@ def test_pushes_after_every_round_and_at_the_end(registry):
 
 def test_a_failed_push_warns_once_and_the_run_goes_on(registry, caplog):
     metrics = PrometheusMetrics(registry, pushgateway=f"http://127.0.0.1:{free_port()}")
-    with caplog.at_level(logging.WARNING, logger="fedrun.metrics"):
+    with caplog.at_level(logging.WARNING, logger="fedrun.observe.prometheus"):
         metrics.on_round(round_record(1))
         metrics.on_round(round_record(2))
         metrics.on_end()

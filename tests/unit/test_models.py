@@ -7,9 +7,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedrun import config, learning
+from fedrun.learning import algorithm
+from fedrun.learning.registry import CLIENT_LOOPS, MODELS, OPTIMIZERS
 from fedrun.errors import FedrunError
-from fedrun.models import ModelSpec, create_model_fn
+from fedrun.learning.models import ModelSpec, create_model_fn
+from tests.support.configs import flat_config
 
 FEATURES, CLASSES = 12, 4
 INPUT_SPEC = collections.OrderedDict(x=tf.TensorSpec([None, FEATURES], tf.float32),
@@ -102,13 +104,16 @@ def test_unknown_model():
 def test_metric_names_map_to_fedruns(accuracy_name):
     metrics = {"client_work": {"train": {"loss": np.float32(0.5), accuracy_name: np.float32(0.25),
                                          "num_examples": np.int64(7), "num_batches": np.int64(1)}}}
-    assert learning.train_metrics(metrics) == {"loss": 0.5, "accuracy": 0.25, "num_examples": 7}
+    assert algorithm.train_metrics(metrics) == {"loss": 0.5, "accuracy": 0.25, "num_examples": 7}
 
 
-def test_config_offers_the_optimizers_learning_builds():
-    assert set(config.OPTIMIZERS) == set(learning.OPTIMIZERS)
-    for name in config.OPTIMIZERS:
-        assert isinstance(learning.OPTIMIZERS[name](0.1, 0.0), tff.learning.optimizers.Optimizer)
+def test_every_registered_choice_loads_what_learning_builds_with():
+    for name, entry in OPTIMIZERS.items():
+        assert isinstance(entry.load()(0.1, 0.0), tff.learning.optimizers.Optimizer), name
+    for name, entry in CLIENT_LOOPS.items():
+        assert isinstance(entry.load(), tff.learning.LoopImplementation), name
+    for name in MODELS:
+        assert callable(MODELS[name].load())
 
 
 @pytest.mark.parametrize("values,message", [
@@ -119,9 +124,9 @@ def test_config_offers_the_optimizers_learning_builds():
 ])
 def test_optimizer_configuration_errors(values, message):
     with pytest.raises(FedrunError, match=message):
-        config.resolve({}, values)
+        flat_config(**values)
 
 
 def test_fedadam_and_momentum_configurations_are_valid():
-    c = config.resolve({}, {"server_optimizer": "adam", "server_lr": 0.01, "client_momentum": 0.9})
+    c = flat_config(server_optimizer="adam", server_lr=0.01, client_momentum=0.9).workload
     assert (c.server_optimizer, c.client_optimizer, c.client_momentum) == ("adam", "sgd", 0.9)

@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from cluster.local import LocalWorkerOptions
-from cluster.ray_options import RayWorkerOptions, capacity_shortfall
-from fedrun.backends import backend_options, parse_resources
-from fedrun.config import RunConfig
+from cluster import backend_options
+from cluster.local.options import LocalWorkerOptions
+from cluster.ray.options import RayWorkerOptions, capacity_shortfall, parse_resources
 from fedrun.errors import FedrunError
+from tests.support.configs import flat_config
 
 GPU_WORKER = {"CPU": 1.0, "GPU": 1.0}
 TWO_GPU_NODES = [{"CPU": 4.0, "GPU": 1.0}, {"CPU": 4.0, "GPU": 1.0}]
@@ -102,21 +102,23 @@ def test_resources_flag_parses_into_a_dict() -> None:
     ],
 )
 def test_malformed_resources_flag_is_a_user_error(text: str, message: str) -> None:
-    with pytest.raises(FedrunError, match=message):
+    with pytest.raises(ValueError, match=message):
         parse_resources(text)
+    with pytest.raises(FedrunError, match=message):
+        flat_config(backend="ray", worker_resources=text)
 
 
 def test_ray_config_becomes_ray_worker_options(tmp_path: Path) -> None:
-    config = RunConfig(backend="ray", worker_cpus=0.5, worker_gpus=1, worker_resources="zone_a=1",
-                       placement_strategy="SPREAD", worker_max_concurrent_calls=3,
-                       worker_start_timeout_s=30)
+    config = flat_config(backend="ray", worker_cpus=0.5, worker_gpus=1.0, worker_resources="zone_a=1",
+                         placement_strategy="SPREAD", worker_max_concurrent_calls=3,
+                         worker_start_timeout_s=30.0)
 
-    options = backend_options(config, tmp_path)["options"]
+    options = backend_options(config.cluster, tmp_path / "workers")
 
     assert options == RayWorkerOptions(
         cpus=0.5, gpus=1.0, resources={"zone_a": 1.0}, placement_strategy="SPREAD",
         process=LocalWorkerOptions(max_concurrent_computation_calls=3, ready_timeout_s=30,
                                    log_dir=tmp_path / "workers", isolation="none"),
     )
-    joined = backend_options(RunConfig(backend="ray", ray_address="head:6379"), tmp_path)["options"]
+    joined = backend_options(flat_config(backend="ray", ray_address="head:6379").cluster, tmp_path / "workers")
     assert joined.address == "head:6379" and joined.process.log_dir is None  # not this machine's

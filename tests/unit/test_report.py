@@ -11,8 +11,11 @@ import pytest
 
 from fedrun.cli import main
 from fedrun.errors import FedrunError
-from fedrun.report import load_rounds, running_time, worker_timeline, write_report
-from fedrun.results import RoundRecord, ShardRecord
+from fedrun.loop.run_dir import RoundsFile
+from fedrun.observe.summary import running_time
+from fedrun.report.figures import worker_timeline
+from fedrun.report.writer import write_report
+from fedrun.loop.records import RoundRecord, ShardRecord
 
 PLOTS = ["accuracy.png", "loss.png", "latency.png", "latency_cdf.png"]
 
@@ -129,7 +132,7 @@ def test_a_damaged_line_before_the_last_is_an_error(tmp_path):
     lines = (tmp_path / "rounds.jsonl").read_text().splitlines()
     (tmp_path / "rounds.jsonl").write_text("\n".join([lines[0], lines[1][:40], lines[2]]) + "\n")
     with pytest.raises(FedrunError, match="line 2 is not a round record"):
-        load_rounds(tmp_path / "rounds.jsonl")
+        RoundsFile(tmp_path / "rounds.jsonl").read()
 
 
 def test_nothing_to_report_is_a_clear_error(tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedrun.sampling import sample_clients, shuffle_seeds
+from fedrun.selection.sampling import sample_clients, shuffle_seeds
 
 
 def test_same_seed_and_round_gives_same_clients():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedrun.sharding import make_shards
+from fedrun.selection.sharding import make_shards
 
 
 @pytest.mark.parametrize("num_clients,num_shards", [(1, 1), (1, 4), (32, 1), (32, 2), (32, 3), (33, 8), (7, 7), (5, 9)])

@@ -15,13 +15,13 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tests.data_files import emnist_example, write_emnist_h5, write_emnist_sqlite, write_npz, writer_examples
-from fedrun.cohort import evaluation_groups, training_cohort
-from fedrun.config import resolve
-from fedrun.data import SourceOptions, create_source
+from tests.support.data_files import emnist_example, write_emnist_h5, write_emnist_sqlite, write_npz, writer_examples
+from fedrun.selection.cohort import evaluation_groups, training_cohort
+from fedrun.data.registry import SourceOptions, create_source
 from fedrun.data.source import TEST, TRAIN
 from fedrun.errors import FedrunError
-from fedrun.sharding import make_shards
+from tests.support.configs import flat_config
+from fedrun.selection.sharding import make_shards
 
 
 def examples(source, client, split):
@@ -345,13 +345,13 @@ def test_evaluation_groups(npz_file):
 ])
 def test_data_and_evaluation_configuration_errors(values, message):
     with pytest.raises(FedrunError, match=message):
-        resolve({}, values)
+        flat_config(**values)
 
 
 def test_population_bounds_the_cohort_only_for_generated_data():
     with pytest.raises(FedrunError, match="exceeds the population"):
-        resolve({}, {"clients_per_round": 50, "population": 40})
-    assert resolve({}, {"clients_per_round": 50, "population": 40, "data": "emnist"}).data == "emnist"
+        flat_config(clients_per_round=50, population=40)
+    assert flat_config(clients_per_round=50, population=40, data="emnist").data.source == "emnist"
 
 
 def test_cli_refuses_a_cohort_larger_than_the_files_population(npz_file, tmp_path, capsys):

@@ -1,0 +1,2 @@
+"""Local workers: TFF's worker_binary as child processes of this one, each in private namespaces
+where the machine allows it."""

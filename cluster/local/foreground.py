@@ -1,0 +1,45 @@
+"""One worker as a container's main process (`fedrun worker`), on a fixed port.
+
+The binary is not exec'd: as pid 1 of a container it would ignore SIGTERM (it sets no handler;
+measured), so Kubernetes would wait out the grace period and SIGKILL it. This process stays its
+parent, passes SIGTERM and SIGINT on, and exits with the worker's status.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+
+from cluster.errors import WorkerStartError
+from cluster.local.options import LocalWorkerOptions
+from cluster.local.spawner import Spawner
+from cluster.local.binary import find_worker_binary
+
+_LOG = logging.getLogger(__name__)
+
+
+def run_foreground_worker(port: int, options: LocalWorkerOptions) -> int:
+    """Runs worker_binary on `port` until it exits; returns its exit status (128+N if signalled)."""
+    if not 1 <= port <= 65535:  # the binary itself silently wraps out-of-range ports
+        raise WorkerStartError(f"port must be between 1 and 65535; got {port}")
+    command = options.worker_command(find_worker_binary(options.binary), port)
+    _LOG.warning(
+        "TFF executor service on port %d of every interface, without authentication: anyone who "
+        "reaches it can run TensorFlow graphs as this user; let only the coordinator connect "
+        "(NetworkPolicy, firewall)", port,
+    )
+    spawner = Spawner()  # the worker dies with this process, even if it is SIGKILLed
+    try:
+        try:
+            worker = spawner.popen(
+                command, stdin=subprocess.DEVNULL, env=options.worker_environment()
+            )
+        except OSError as error:
+            raise WorkerStartError(f"could not run worker binary {command[0]}: {error}") from error
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda received, frame: worker.send_signal(received))
+        code = worker.wait()
+    finally:
+        spawner.close()
+    return 128 - code if code < 0 else code

@@ -1,0 +1,1 @@
+"""Workers as Ray actors, one TFF worker_binary each, on the nodes of a Ray cluster."""

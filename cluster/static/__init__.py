@@ -1,0 +1,1 @@
+"""Workers someone else runs (containers, Kubernetes pods, other hosts), reached by address."""

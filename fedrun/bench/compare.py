@@ -1,0 +1,178 @@
+"""`fedrun bench`: one workload on fedrun, on TFF's own single-process local context and on a
+plain single-process TensorFlow loop, side by side in one invocation.
+
+TFF's local context runs twice: as the tutorial builds FedAvg (TFF's default client loop,
+`dataset.reduce`), and with fedrun's client loop, so a reader can tell how much of fedrun's lead
+comes from the loop and how much from the runtime. Each system runs in a process of its own (so
+CPU time and memory are those of its own process tree, workers included) and the parent
+interleaves them round by round, rotating the order, so a machine whose speed drifts slows all
+alike. All train the same clients with the same shuffle seeds from the same dataset computation;
+the run checks that they end with the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import psutil
+
+from fedrun.bench.config import MEMORY_CHECKPOINT_ROUND, SYSTEMS, WORKLOAD_FLAGS, BenchConfig
+from fedrun.bench.process_tree import PeakMemorySampler
+from fedrun.bench.statistics import agreement, growth, median_run, ratios, scale_row, summarize, targets, time_split
+from fedrun.bench.systems import build_and_start, system_processes
+from fedrun.bench.tables import comparison_table, memory_table, repeats_table, scale_tables, targets_table
+from fedrun.config import BY_FLAG, RunConfig
+
+
+def compare(bench: BenchConfig) -> dict[str, Any]:
+    """The systems on the workload, rounds interleaved; checks they agree."""
+    config = bench.workload
+    workload = config.workload
+    specs = {"fedrun": ("fedrun", config),
+             "tff_local": ("tff_local", config.replace(workload={"client_loop": "reduce"})),
+             "tff_local_same_loop": ("tff_local", config),
+             "tf_loop": ("tf_loop", config)}
+    with PeakMemorySampler() as sampler, system_processes(specs, sampler) as children:
+        setup = build_and_start(children)
+        rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
+        for round_num in range(1, workload.rounds + 1):
+            for name in _rotated(SYSTEMS, round_num):
+                rounds[name].append(children[name].round(round_num, workload.clients_per_round))
+        final = {s: sampler.sample(s) for s in SYSTEMS}
+        weights = {s: children[s].call("weights") for s in SYSTEMS}
+        test = children["tf_loop"].call("evaluate", weights)
+        systems = {s: summarize(setup[s], rounds[s], *sampler.peaks(s), dataclasses.asdict(final[s]))
+                   for s in SYSTEMS}
+    systems["fedrun"]["time_split_ms"] = time_split(rounds["fedrun"])
+    for s in SYSTEMS:
+        systems[s]["test"] = test[s]
+    return {
+        "systems": systems,
+        "ratios": {f"fedrun_vs_{other}": ratios(systems, "fedrun", other) for other in SYSTEMS if other != "fedrun"},
+        "agreement": agreement(weights, test),
+    }
+
+
+def scale(bench: BenchConfig) -> dict[str, Any]:
+    """fedrun's round latency against clients per round (on all workers) and against the number
+    of workers (at the workload's clients per round). Points are interleaved round by round."""
+    config = bench.workload
+    workload, workers = config.workload, config.workers.count
+    counts = list(range(1, workers + 1))
+    specs = {f"fedrun-{n}": ("fedrun", config.replace(workers={"count": n})) for n in counts}
+    with PeakMemorySampler() as sampler, system_processes(specs, sampler) as children:
+        build_and_start(children)
+        next_round = dict.fromkeys(children, 1)
+
+        def run(name: str, clients: int) -> dict[str, Any]:
+            record = children[name].round(next_round[name], clients)
+            next_round[name] += 1
+            return record
+
+        widest = f"fedrun-{workers}"
+        by_clients = _interleaved([(widest, k) for k in bench.scale_clients], bench.scale_rounds, run)
+        by_workers = _interleaved([(f"fedrun-{n}", workload.clients_per_round) for n in counts],
+                                  bench.scale_rounds, run)
+    clients_rows = [scale_row({"clients": k}, by_clients[(widest, k)]) for k in bench.scale_clients]
+    workers_rows = [scale_row({"workers": n}, by_workers[(f"fedrun-{n}", workload.clients_per_round)])
+                    for n in counts]
+    for row in workers_rows:
+        row["speedup_vs_1_worker"] = workers_rows[0]["round_latency_median_s"] / row["round_latency_median_s"]
+    ks = np.array(bench.scale_clients, float)
+    latencies = np.array([row["round_latency_median_s"] for row in clients_rows])
+    slope, intercept = np.polyfit(ks, latencies, 1)
+    return {
+        "clients": {
+            "workers": workers,
+            "rows": clients_rows,
+            # latency ~ K^exponent between the smallest and the largest K: <= 1 is at most linear.
+            "growth_exponent": (math.log(latencies[-1] / latencies[0]) / math.log(ks[-1] / ks[0])
+                                if len(ks) > 1 else 0.0),
+            "linear_fit": {"fixed_s": float(intercept), "per_client_s": float(slope)},
+        },
+        "workers": {"clients_per_round": workload.clients_per_round, "rows": workers_rows},
+    }
+
+
+def _rotated(names: Sequence[str], by: int) -> list[str]:
+    by %= len(names)
+    return [*names[by:], *names[:by]]
+
+
+def _interleaved(points: list[tuple[str, int]], timed_rounds: int,
+                 run: Callable[[str, int], dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+    """One untimed round per point, then `timed_rounds` passes over all points in rotating order."""
+    for name, clients in points:
+        run(name, clients)
+    results: dict[tuple[str, int], list[dict[str, Any]]] = {p: [] for p in points}
+    for rep in range(timed_rounds):
+        for point in _rotated(points, rep):
+            results[point].append(run(*point))
+    return results
+
+
+def rounds_memory(bench: BenchConfig, on_progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """fedrun's process-tree memory over a long run: the peak after round 10 and after the last
+    round, and every process's PSS along the way (a leaking process grows)."""
+    config = bench.workload
+    workload = config.workload
+    total = bench.rounds_memory
+    every = max(1, total // 20)
+    with PeakMemorySampler() as sampler, system_processes({"fedrun": ("fedrun", config)}, sampler) as children:
+        child = children["fedrun"]
+        build_and_start(children)
+        trace, peaks = [], {}
+        for round_num in range(1, total + 1):
+            record = child.round(round_num, workload.clients_per_round)
+            if round_num in (1, MEMORY_CHECKPOINT_ROUND, total) or round_num % every == 0:
+                memory = sampler.sample("fedrun")
+                trace.append({"round": round_num, "latency_s": record["latency_s"],
+                              **dataclasses.asdict(memory)})
+                on_progress(f"round {round_num:5d}  tree RSS {memory.rss / 2**20:7.0f} MiB  "
+                            f"PSS {memory.pss / 2**20:7.0f} MiB  latency {record['latency_s']:.2f}s")
+            if round_num in (MEMORY_CHECKPOINT_ROUND, total):
+                rss, pss = sampler.peaks("fedrun")
+                peaks[round_num] = {"peak_tree_rss_bytes": rss, "peak_tree_pss_bytes": pss}
+    return {"rounds": total, "peaks": {str(k): v for k, v in peaks.items()},
+            "growth": growth(trace), "trace": trace}
+
+
+def run_bench(bench: BenchConfig, print_line: Callable[[str], None] = print) -> dict[str, Any]:
+    result: dict[str, Any] = {"workload": _workload_fields(bench.workload), "machine": _machine()}
+    runs = []
+    for index in range(bench.repeat):
+        runs.append(compare(bench))
+        if bench.repeat > 1:
+            print_line(f"comparison {index + 1} of {bench.repeat}")
+        print_line(comparison_table({**result, **runs[-1]}))
+    result.update(median_run(runs))
+    if bench.repeat > 1:
+        result["repeats"] = [{"ratios": run["ratios"], "agreement": run["agreement"]} for run in runs]
+        result["agreement"] = {**result["agreement"], "passed": all(run["agreement"]["passed"] for run in runs)}
+        print_line(repeats_table(result["repeats"]))
+    if bench.scale:
+        result["scale"] = scale(bench)
+        print_line(scale_tables(result["scale"]))
+    if bench.rounds_memory:
+        result["rounds_memory"] = rounds_memory(bench, print_line)
+        print_line(memory_table(result["rounds_memory"]))
+    result["machine"]["load_average_1m_at_end"] = os.getloadavg()[0]
+    fedrun_vs = {other: result["ratios"][f"fedrun_vs_{other}"] for other in SYSTEMS if other != "fedrun"}
+    result["targets"] = targets(result["systems"], fedrun_vs, result.get("scale"))
+    print_line(targets_table(result["targets"]))
+    return result
+
+
+def _workload_fields(config: RunConfig) -> dict[str, Any]:
+    return {BY_FLAG[flag].key: config.value(BY_FLAG[flag]) for flag in WORKLOAD_FLAGS}
+
+
+def _machine() -> dict[str, Any]:
+    # Other processes' load distorts wall times (and favours whichever system has more threads).
+    return {"cpus": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total,
+            "load_average_1m_at_start": os.getloadavg()[0]}

@@ -1,0 +1,82 @@
+"""The whole run's configuration: one frozen section per TOML table, checked once at the edge."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from cluster import ClusterSettings, RaySettings, WorkerError, WorkerSettings, backend_options
+from fedrun.config.fields import FieldInfo, check_choices, section_fields
+from fedrun.errors import FedrunError
+from fedrun.config.sections import (DataConfig, DispatchConfig, EvalConfig, ObserveConfig, OutputConfig,
+                                    Workload)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's result and how it is executed.
+
+    Sections are TOML tables of the same name; each field's flag is in its metadata.
+    """
+
+    workload: Workload = Workload()
+    data: DataConfig = DataConfig()
+    eval: EvalConfig = EvalConfig()
+    workers: WorkerSettings = WorkerSettings()
+    dispatch: DispatchConfig = DispatchConfig()
+    ray: RaySettings = RaySettings()
+    observe: ObserveConfig = ObserveConfig()
+    output: OutputConfig = OutputConfig()
+
+    def __post_init__(self) -> None:
+        for info in FIELDS:
+            check_choices(info, self.value(info))
+        workload, data = self.workload, self.data
+        if data.source == "synthetic" and workload.clients_per_round > data.population:
+            raise ValueError(f"clients_per_round ({workload.clients_per_round}) exceeds the population "
+                             f"({data.population}): lower --clients-per-round or raise --population")
+        try:
+            backend_options(self.cluster)  # the chosen backend checks its own options
+        except WorkerError as error:
+            raise ValueError(str(error)) from None
+
+    @property
+    def cluster(self) -> ClusterSettings:
+        return ClusterSettings(workers=self.workers, ray=self.ray)
+
+    @property
+    def num_shards(self) -> int:
+        return self.dispatch.shards or self.workers.count
+
+    def value(self, info: FieldInfo) -> Any:
+        return getattr(getattr(self, info.section), info.name)
+
+    def replace(self, **sections: dict[str, Any]) -> RunConfig:
+        """A copy with some fields of some sections changed: replace(workload={"rounds": 3})."""
+        return dataclasses.replace(self, **{
+            name: dataclasses.replace(getattr(self, name), **fields) for name, fields in sections.items()})
+
+    def result_differences(self, other: RunConfig) -> list[FieldInfo]:
+        """The fields that decide the result and differ (what `--resume` may not change)."""
+        return [info for info in FIELDS if info.decides_result and self.value(info) != other.value(info)]
+
+    def as_tables(self) -> dict[str, dict[str, Any]]:
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+
+def resolve(*layers: dict[str, dict[str, Any]]) -> RunConfig:
+    """Defaults, then each layer in turn (a file, then flags), as {section: {field: value}}; an
+    invalid value of any kind becomes a FedrunError that says what to change."""
+    tables: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for layer in layers:
+        for section, values in layer.items():
+            tables[section].update(values)
+    try:
+        return RunConfig(**{name: SECTIONS[name](**values) for name, values in tables.items()})
+    except ValueError as error:
+        raise FedrunError(f"invalid configuration: {error}") from None
+
+
+SECTIONS: dict[str, type] = {field.name: type(field.default) for field in dataclasses.fields(RunConfig)}
+FIELDS: list[FieldInfo] = [info for name, section in SECTIONS.items() for info in section_fields(name, section)]
+BY_FLAG: dict[str, FieldInfo] = {info.flag: info for info in FIELDS}

@@ -1,0 +1,47 @@
+"""Data sources by name, or an .npz path; a source's module loads only when it is opened."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from fedrun.errors import FedrunError
+from fedrun.registry import Entry
+
+if TYPE_CHECKING:
+    from fedrun.data.source import ClientDataSource
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What the run's configuration tells a source."""
+
+    data: str = "synthetic"  # a registered name, or a path to an .npz file
+    data_dir: str = ""  # where file-backed sources look; "" = their usual place
+    test_data: str = ""  # separate test examples for an .npz source
+    population: int = 3383  # training clients of a generated source (files decide their own)
+    heldout: int = 0  # clients that never train, only evaluate
+
+
+SOURCES = {
+    "synthetic": Entry("embedded stand-in for federated EMNIST digits, generated per writer",
+                       "fedrun.data.synthetic:open_synthetic"),
+    "emnist": Entry("TFF's federated EMNIST digits, from a local copy", "fedrun.data.emnist:open_digits"),
+    "emnist-full": Entry("TFF's federated EMNIST digits and letters, from a local copy",
+                         "fedrun.data.emnist:open_full"),
+}
+_FILE_SOURCE = Entry("your own .npz file", "fedrun.data.npz:open_npz")
+
+
+def source_entry(data: str) -> Entry:
+    """The source `--data` names: a registered name or a path ending in .npz."""
+    if data.endswith(".npz"):
+        return _FILE_SOURCE
+    if data in SOURCES:
+        return SOURCES[data]
+    raise FedrunError(f"unknown data source '{data}': choose one of {', '.join(SOURCES)} or give the "
+                      f"path of an .npz file")
+
+
+def create_source(options: SourceOptions) -> ClientDataSource:
+    return source_entry(options.data).load()(options)

@@ -1,0 +1,99 @@
+"""The federated algorithm: TFF's FedAvg and federated evaluation, compiled once to
+MergeableCompForm so the coordinator can run `up_to_merge` shard by shard.
+
+Client data reaches the workers in one of two ways (`data_placement`). "workers": the
+computations take client keys and each worker builds its clients' datasets itself, so a round
+sends keys and weights only. "coordinator": the coordinator builds the datasets from its own copy
+of the data and sends them as tensors, for data the workers cannot read; same batches, same result.
+"""
+
+import functools
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import tensorflow_federated as tff
+
+from fedrun.config import RunConfig
+from fedrun.data import preprocessing
+from fedrun.data.preprocessing import Preprocessing
+from fedrun.data.source import ClientDataSource
+from fedrun.learning.models import ModelSpec, create_model_fn
+from fedrun.learning.registry import CLIENT_LOOPS, OPTIMIZERS
+
+
+@dataclass(frozen=True)
+class FederatedAlgorithm:
+    training: tff.learning.templates.LearningProcess  # next: (state, client data@CLIENTS) -> (state, metrics)
+    evaluation: tff.learning.templates.LearningProcess
+    train_form: tff.framework.MergeableCompForm
+    eval_form: tff.framework.MergeableCompForm
+    train_data: Callable[[list[str]], list]  # a cohort's training keys -> the client data a round sends
+    eval_data: Callable[[list[str]], list]  # a cohort's test keys -> the client data evaluation sends
+
+
+def build_algorithm(source: ClientDataSource, *, model: str, epochs: int, batch_size: int,
+                    shuffle_buffer: int, client_lr: float, server_lr: float,
+                    client_optimizer: str = "sgd", client_momentum: float = 0.0,
+                    server_optimizer: str = "sgd", server_momentum: float = 0.0,
+                    data_placement: str = "workers", client_loop: str = "iterator") -> FederatedAlgorithm:
+    prep = Preprocessing(epochs=epochs, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
+    train_data = preprocessing.train_dataset_computation(source, prep)
+    eval_data = preprocessing.eval_dataset_computation(source, prep)
+    model_fn = create_model_fn(model, ModelSpec(train_data.type_signature.result.element,
+                                                tuple(source.element_spec[0].shape), source.num_classes))
+    loop = CLIENT_LOOPS[client_loop].load()
+    fed_avg = tff.learning.algorithms.build_weighted_fed_avg(
+        model_fn,
+        client_optimizer_fn=OPTIMIZERS[client_optimizer].load()(client_lr, client_momentum),
+        server_optimizer_fn=OPTIMIZERS[server_optimizer].load()(server_lr, server_momentum),
+        loop_implementation=loop,
+    )
+    fed_eval = tff.learning.algorithms.build_fed_eval(model_fn, loop_implementation=loop)
+    if data_placement == "workers":
+        training = tff.simulation.compose_dataset_computation_with_learning_process(train_data, fed_avg)
+        evaluation = tff.simulation.compose_dataset_computation_with_learning_process(eval_data, fed_eval)
+        send_train, send_eval = list, list
+    else:
+        training, evaluation = fed_avg, fed_eval
+        send_train = functools.partial(preprocessing.shipped_train_datasets, source, prep)
+        send_eval = functools.partial(preprocessing.shipped_eval_datasets, source, prep)
+
+    return FederatedAlgorithm(
+        training=training,
+        evaluation=evaluation,
+        train_form=tff.backends.native.compile_to_mergeable_comp_form(training.next),
+        eval_form=tff.backends.native.compile_to_mergeable_comp_form(evaluation.next),
+        train_data=send_train,
+        eval_data=send_eval,
+    )
+
+
+def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgorithm:
+    """The algorithm a run's configuration describes."""
+    w = config.workload
+    return build_algorithm(
+        source, model=w.model, epochs=w.epochs, batch_size=w.batch_size, shuffle_buffer=w.shuffle_buffer,
+        client_lr=w.client_lr, server_lr=w.server_lr, client_optimizer=w.client_optimizer,
+        client_momentum=w.client_momentum, server_optimizer=w.server_optimizer,
+        server_momentum=w.server_momentum, data_placement=config.data.placement, client_loop=w.client_loop)
+
+
+def _named(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """fedrun's names for a model's metrics: Keras models call accuracy by its metric's name."""
+    accuracy = next(name for name in ("accuracy", "sparse_categorical_accuracy") if name in metrics)
+    return {
+        "loss": float(metrics["loss"]),
+        "accuracy": float(metrics[accuracy]),
+        "num_examples": int(metrics["num_examples"]),
+    }
+
+
+def train_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """FedAvg's client metrics (example-weighted over the round's clients)."""
+    return _named(metrics["client_work"]["train"])
+
+
+def eval_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """Federated evaluation's metrics for this call (not accumulated over rounds)."""
+    return _named(metrics["client_work"]["eval"]["current_round_metrics"])

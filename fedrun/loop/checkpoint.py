@@ -1,0 +1,54 @@
+"""Durable round checkpoints: the whole server state (model and optimizer), written atomically.
+
+Sampling and shuffling are pure functions of (seed, round), so the round number is all the
+sampler state there is: resuming from round r replays rounds r+1.. exactly.
+"""
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tree
+
+from fedrun.atomic_write import write_bytes_atomically
+from fedrun.errors import FedrunError
+
+CHECKPOINT = "checkpoint.npz"
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    round: int  # last completed round
+    state: Any  # the learning process's server state
+
+
+def save_checkpoint(run_path: Path, round_num: int, state: Any) -> None:
+    """Atomic and durable: a crash leaves the old checkpoint or the new one."""
+    leaves = {f"leaf_{i}": np.asarray(v) for i, v in enumerate(tree.flatten(state))}
+    meta = json.dumps({"round": round_num, "sampler": "stateless: (seed, round)"})
+    buffer = io.BytesIO()
+    np.savez(buffer, __meta__=np.frombuffer(meta.encode(), dtype=np.uint8), **leaves)
+    write_bytes_atomically(run_path / CHECKPOINT, buffer.getvalue())
+
+
+def load_checkpoint(run_path: Path, template: Any) -> Checkpoint:
+    """Restores a state shaped like `template` (the process's initial state)."""
+    path = run_path / CHECKPOINT
+    try:
+        with np.load(path) as data:
+            meta = json.loads(bytes(data["__meta__"]).decode())
+            leaves = [data[f"leaf_{i}"] for i in range(len(data.files) - 1)]
+    except FileNotFoundError:
+        raise FedrunError(f"{path} does not exist: there is nothing to resume in {run_path} "
+                          f"(no round finished); start a new run instead") from None
+    except (ValueError, KeyError, OSError) as e:
+        raise FedrunError(f"checkpoint {path} is unreadable ({e}); start a new run") from None
+    expected = tree.flatten(template)
+    if len(leaves) != len(expected) or any(a.shape != np.shape(b) for a, b in zip(leaves, expected)):
+        raise FedrunError(f"checkpoint {path} does not fit this run's model and optimizers; "
+                          f"resume with the configuration it was written with")
+    leaves = [leaf.astype(np.asarray(t).dtype)[()] for leaf, t in zip(leaves, expected)]
+    return Checkpoint(round=int(meta["round"]), state=tree.unflatten_as(template, leaves))

@@ -1,0 +1,45 @@
+"""What each line of rounds.jsonl holds: one training round, its shards and evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ShardRecord:
+    shard: int
+    worker: str
+    clients: list[str]
+    examples: int  # examples the shard's clients hold (one epoch)
+    start: float  # seconds since the run started
+    end: float
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    round: int
+    latency_s: float  # wall time of the training round, sharding to new server state
+    start: float  # seconds since the run started
+    clients: int
+    examples: int  # examples the round's clients hold (one epoch)
+    examples_trained: int  # examples processed, all epochs
+    clients_per_s: float
+    examples_per_s: float  # examples_trained / latency_s
+    shards: list[ShardRecord]
+    bytes_to_workers: int  # serialized gRPC requests of the training round, all workers
+    bytes_from_workers: int
+    workers: int  # workers in the pool at the end of the round
+    failures: list[dict[str, Any]]  # workers lost during the round; their shards ran again
+    train: dict[str, float]
+    eval: dict[str, dict[str, float]] = field(default_factory=dict)
+    eval_latency_s: float = 0.0
+    recycled: list[str] = field(default_factory=list)  # workers made fresh before the round
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> RoundRecord:
+        """Raises TypeError or KeyError for an object that is not a round record of this version."""
+        return cls(**{**raw, "shards": [ShardRecord(**s) for s in raw["shards"]]})

@@ -1,0 +1,74 @@
+"""Assembles a run: data, algorithm, workers, runtime, coordinator; stops every worker on every
+exit path. `fedrun run`, the benchmark and the tests all assemble runs with these functions."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from cluster import WorkerBackend, create_backend
+from fedrun.config import RunConfig
+from fedrun.data.registry import SourceOptions, create_source
+from fedrun.errors import FedrunError
+from fedrun.loop.coordinator import Coordinator
+from fedrun.loop.run_dir import RunDirectory
+from fedrun.observe.observers import Observers, RunObserver
+
+if TYPE_CHECKING:
+    from fedrun.data.source import ClientDataSource
+    from fedrun.learning.algorithm import FederatedAlgorithm
+    from fedrun.runtime.execution import RoundRuntime
+
+
+def open_source(config: RunConfig) -> ClientDataSource:
+    """The run's clients; a FedrunError if they are too few for a round."""
+    data, workload = config.data, config.workload
+    source = create_source(SourceOptions(data=data.source, data_dir=data.data_dir, test_data=data.test_data,
+                                         population=data.population, heldout=config.eval.clients))
+    if workload.clients_per_round > source.population:
+        raise FedrunError(f"--data {data.source} has {source.population} training clients, fewer than "
+                          f"--clients-per-round {workload.clients_per_round}: lower it (or --eval-clients)")
+    return source
+
+
+@contextlib.contextmanager
+def started_workers(config: RunConfig, log_dir: Path | None) -> Iterator[WorkerBackend]:
+    """The configured backend with its workers started; stopped however the block ends."""
+    with create_backend(config.cluster, log_dir) as backend:
+        backend.start(config.workers.count)
+        yield backend
+
+
+def runtime_over(backend: WorkerBackend, algorithm: FederatedAlgorithm, config: RunConfig) -> RoundRuntime:
+    from fedrun.runtime.execution import RoundRuntime  # loads TensorFlow
+
+    dispatch = config.dispatch
+    return RoundRuntime.over(backend, algorithm, config.num_shards, dispatch.rpc_timeout_s, dispatch.recycle_every)
+
+
+def simulate(config: RunConfig, observers: list[RunObserver], resume: bool = False) -> None:
+    """Runs the simulation described by `config` (continuing its checkpoint when `resume`),
+    reporting to `observers`. Nothing in the output directory changes until the data, the
+    algorithm and the workers are ready, so a bad option never costs earlier results."""
+    from fedrun.learning.algorithm import algorithm_for  # loads TensorFlow
+
+    run_dir = RunDirectory(config.output.dir)
+    run_dir.create()
+    source = open_source(config)
+    events = Observers(observers)
+    with started_workers(config, run_dir.path / "workers") as backend:
+        algorithm = algorithm_for(config, source)
+        runtime = runtime_over(backend, algorithm, config)
+        try:
+            if not resume:
+                run_dir.start_fresh()
+            run_dir.write_config(config)
+            events.on_start(config, backend.workers())
+            try:
+                Coordinator(config, source, runtime, run_dir, events.on_round).run(resume)
+            finally:
+                events.on_end()
+        finally:
+            runtime.close()

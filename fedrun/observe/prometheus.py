@@ -1,0 +1,192 @@
+"""Prometheus metrics of a run: served by the coordinator on /metrics, pushed to a Pushgateway, or both.
+
+Every value comes from the RoundRecords that rounds.jsonl holds, so a dashboard and the run's
+files agree. Names follow Prometheus conventions: `fedrun_` prefix, base units, `_total`
+counters, `_seconds` histograms.
+"""
+
+import logging
+import socket
+import threading
+from collections.abc import Iterable
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from cluster import Worker
+from fedrun.config import RunConfig
+from fedrun.errors import FedrunError
+from fedrun.loop.records import RoundRecord
+
+log = logging.getLogger(__name__)
+
+# From a small simulation's tens-of-milliseconds shards to rounds of many minutes.
+DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
+PUSH_TIMEOUT_S = 5.0  # a push happens in the round loop: a dead gateway must not stall it for long
+
+
+class _WholeRounds(Collector):
+    """What /metrics and pushes read: a scrape waits for `on_round` to finish, so it never sees
+    the counters of a round without its histogram observations or round number."""
+
+    def __init__(self, registry: CollectorRegistry, lock: threading.Lock):
+        self._registry = registry
+        self._lock = lock
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            return list(self._registry.collect())
+
+    def restricted_registry(self, names: Iterable[str]) -> Collector:
+        """Serves `/metrics?name[]=...`, which the exposition code asks the registry for."""
+        return _WholeRounds(self._registry.restricted_registry(names), self._lock)
+
+
+class PrometheusMetrics:
+    """A RunObserver that exports each finished round, failures and retries included.
+
+    `set_workers_alive`, `record_failure` and `record_retry` are what `on_round` feeds from the
+    round's record; code that calls them directly must not also report those events in records.
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, port: int = 0, host: str = "127.0.0.1",
+                 pushgateway: str = "", run: str = ""):
+        self._port = port
+        self._host = host
+        self._pushgateway = pushgateway
+        self._grouping_key = {"run": run} if run else {}  # runs pushing to one gateway stay apart
+        self._lock = threading.Lock()
+        self._view = _WholeRounds(registry, self._lock)
+        self._server: WSGIServer | None = None
+        self._server_thread: threading.Thread | None = None
+        self._push_failing = False
+        if port:
+            self._check_port_free()
+
+        def histogram(name: str, doc: str, labels: tuple[str, ...] = ()) -> Histogram:
+            return Histogram(name, doc, labels, buckets=DURATION_BUCKETS, registry=registry)
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ()) -> Gauge:
+            return Gauge(name, doc, labels, registry=registry)
+
+        self.round_duration = histogram(
+            "fedrun_round_duration_seconds", "Wall time of a training round, sampling to new server state.")
+        self.eval_duration = histogram(
+            "fedrun_eval_duration_seconds", "Wall time of a round's federated evaluation, all groups.")
+        self.shard_duration = histogram(
+            "fedrun_shard_duration_seconds", "Wall time of one shard of a training round on a worker.",
+            ("worker",))
+        self.client_duration = histogram(
+            "fedrun_client_training_duration_seconds",
+            "Estimated local-training time per client: shard duration divided by the clients in the "
+            "shard (clients are not timed one by one); observed once per client.")
+        self.clients = counter("fedrun_clients_trained_total", "Clients that took part in training rounds.")
+        self.examples = counter("fedrun_examples_trained_total", "Examples processed in training, all epochs.")
+        self.bytes_sent = counter(
+            "fedrun_sent_to_workers_bytes_total", "Serialized gRPC requests sent to workers in training rounds.")
+        self.bytes_received = counter(
+            "fedrun_received_from_workers_bytes_total",
+            "Serialized gRPC responses received from workers in training rounds.")
+        self.failures = counter("fedrun_worker_failures_total", "Worker failures seen by the coordinator.",
+                                ("worker",))
+        self.retries = counter("fedrun_shard_retries_total", "Shards dispatched again after a failure.")
+        self.recycles = counter("fedrun_worker_recycles_total",
+                                "Workers replaced by fresh ones between rounds (recycle_workers_every).")
+        self.round = gauge("fedrun_round", "Number of the last completed training round (0 before the first).")
+        self.rounds_planned = gauge("fedrun_rounds_planned", "Training rounds the run is configured for.")
+        self.workers_alive = gauge("fedrun_workers_alive", "Workers in the pool, as of the last round's end.")
+        self.train_loss = gauge("fedrun_train_loss", "Mean client loss during local training, last round.")
+        self.train_accuracy = gauge(
+            "fedrun_train_accuracy", "Client accuracy (0-1) during local training, last round.")
+        self.eval_loss = gauge("fedrun_eval_loss", "Loss of the latest evaluated model, by client group.",
+                               ("group",))
+        self.eval_accuracy = gauge(
+            "fedrun_eval_accuracy", "Accuracy (0-1) of the latest evaluated model, by client group.", ("group",))
+
+    def on_start(self, config: RunConfig, workers: list[Worker]) -> None:
+        self.rounds_planned.set(config.workload.rounds)
+        self.set_workers_alive(len(workers))
+        for worker in workers:  # a worker without failures or shards yet shows 0, not a missing series
+            self.failures.labels(worker.worker_id)
+            self.shard_duration.labels(worker.worker_id)
+        if self._port:
+            try:
+                self._server, self._server_thread = start_http_server(self._port, self._host, registry=self._view)
+            except OSError as e:
+                raise self._port_error(e) from None
+
+    def on_round(self, record: RoundRecord) -> None:
+        with self._lock:
+            self.round_duration.observe(record.latency_s)
+            if record.eval:
+                self.eval_duration.observe(record.eval_latency_s)
+            for shard in record.shards:
+                duration = shard.end - shard.start
+                self.shard_duration.labels(shard.worker).observe(duration)
+                for _ in shard.clients:
+                    self.client_duration.observe(duration / len(shard.clients))
+            self.clients.inc(record.clients)
+            self.examples.inc(record.examples_trained)
+            self.bytes_sent.inc(record.bytes_to_workers)
+            self.bytes_received.inc(record.bytes_from_workers)
+            self.train_loss.set(record.train["loss"])
+            self.train_accuracy.set(record.train["accuracy"])
+            for group, metrics in record.eval.items():
+                self.eval_loss.labels(group).set(metrics["loss"])
+                self.eval_accuracy.labels(group).set(metrics["accuracy"])
+            self.set_workers_alive(record.workers)
+            for failure in record.failures:  # each failed shard was queued again
+                self.record_failure(failure["worker"])
+                self.record_retry()
+            self.recycles.inc(len(record.recycled))
+            self.round.set(record.round)
+        self._push()
+
+    def on_end(self) -> None:
+        self._push()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server_thread.join()
+            self._server = None
+
+    def set_workers_alive(self, count: int) -> None:
+        self.workers_alive.set(count)
+
+    def record_failure(self, worker: str) -> None:
+        self.failures.labels(worker).inc()
+
+    def record_retry(self) -> None:
+        self.retries.inc()
+
+    def _check_port_free(self) -> None:
+        """Binds and releases the port now, so a taken port fails before any worker starts."""
+        try:
+            family, _, _, _, address = socket.getaddrinfo(self._host, self._port, type=socket.SOCK_STREAM)[0]
+            socket.create_server(address, family=family).close()
+        except OSError as e:
+            raise self._port_error(e) from None
+
+    def _port_error(self, error: OSError) -> FedrunError:
+        return FedrunError(f"cannot serve metrics on {self._host}:{self._port} ({error.strerror or error}): "
+                           f"choose a free --metrics-port or another --metrics-host")
+
+    def _push(self) -> None:
+        """Replaces the run's metrics on the gateway; a failed push warns once per outage, never stops the run."""
+        if not self._pushgateway:
+            return
+        try:
+            push_to_gateway(self._pushgateway, job="fedrun", registry=self._view, timeout=PUSH_TIMEOUT_S,
+                            grouping_key=self._grouping_key)
+        except (OSError, ValueError) as e:
+            if not self._push_failing:
+                log.warning("cannot push metrics to the Pushgateway at %s (%s); the run goes "
+                            "on, and this is not repeated until a push succeeds", self._pushgateway, e)
+            self._push_failing = True
+        else:
+            self._push_failing = False

@@ -1,0 +1,77 @@
+"""The numbers a person reads about a run: one line per round, and the summary rows that both
+the terminal (at the end of a run) and `fedrun report` (summary.md) show."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from fedrun.config import BY_FLAG, RunConfig
+from fedrun.loop.records import RoundRecord
+
+PERCENTILES = (50, 95, 99)
+_CONFIG_ROWS = ("backend", "workers", "clients-per-round", "epochs", "model", "data")
+
+
+def round_line(record: RoundRecord) -> str:
+    line = (f"round {record.round:4d}  loss {record.train['loss']:.4f}  acc {record.train['accuracy']:.4f}"
+            f"  latency {record.latency_s:6.2f}s  {record.examples_per_s:8.0f} examples/s")
+    if record.eval:
+        line += "".join(f"  eval[{name}] acc {m['accuracy']:.4f}" for name, m in record.eval.items())
+    return line
+
+
+def latency_percentiles(records: Sequence[RoundRecord]) -> dict[int, float]:
+    return {q: float(np.percentile([r.latency_s for r in records], q)) for q in PERCENTILES}
+
+
+def running_time(records: Sequence[RoundRecord]) -> list[float]:
+    """Seconds of running time at the end of each round (training and evaluation). A resumed run's
+    clock starts again at 0, so each session continues from the previous one's last round."""
+    times: list[float] = []
+    offset = 0.0
+    for previous, record in zip([None, *records], records):
+        if previous is not None and record.start < previous.start:
+            offset = times[-1]
+        times.append(offset + record.start + record.latency_s + record.eval_latency_s)
+    return times
+
+
+def summary_rows(records: Sequence[RoundRecord], config: RunConfig | None) -> list[tuple[str, str]]:
+    """The key numbers of a run, as (what, value) rows."""
+    last = records[-1]
+    pct = latency_percentiles(records)
+    latencies = [r.latency_s for r in records]
+    planned = f" of {config.workload.rounds} planned" if config else ""
+    rows = [
+        ("rounds in rounds.jsonl", f"{len(records)}{planned}"),
+        ("running time to the end of the last round", f"{running_time(records)[-1]:.1f} s"),
+        ("round latency p50 / p95 / p99", " / ".join(f"{pct[q]:.3f}" for q in PERCENTILES) + " s"),
+        ("round latency min / max", f"{min(latencies):.3f} / {max(latencies):.3f} s"),
+        ("first round latency (includes tracing)", f"{latencies[0]:.3f} s"),
+        ("examples trained (all epochs)", f"{sum(r.examples_trained for r in records)}"),
+        ("examples/s median", f"{np.median([r.examples_per_s for r in records]):.0f}"),
+        ("clients/s median", f"{np.median([r.clients_per_s for r in records]):.1f}"),
+        ("bytes to / from workers, all rounds",
+         f"{sum(r.bytes_to_workers for r in records)} / {sum(r.bytes_from_workers for r in records)}"),
+        ("worker failures (their shards ran again)", f"{sum(len(r.failures) for r in records)}"),
+        (f"train loss / accuracy (round {last.round})", f"{last.train['loss']:.4f} / {last.train['accuracy']:.4f}"),
+    ]
+    evaluated = [r for r in records if r.eval]
+    if evaluated:
+        for group, metrics in evaluated[-1].eval.items():
+            rows.append((f"eval {group} loss / accuracy (round {evaluated[-1].round})",
+                         f"{metrics['loss']:.4f} / {metrics['accuracy']:.4f}"))
+        for group in evaluated[-1].eval:
+            best = max((r for r in evaluated if group in r.eval), key=lambda r: r.eval[group]["accuracy"])
+            rows.append((f"best eval {group} accuracy",
+                         f"{best.eval[group]['accuracy']:.4f} (round {best.round})"))
+    if config:
+        rows += [(f"config {flag.replace('-', '_')}", f"{config.value(BY_FLAG[flag])}") for flag in _CONFIG_ROWS]
+    return rows
+
+
+def text_table(rows: Sequence[tuple[str, str]]) -> str:
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,62 @@
+"""TensorBoard scalars per round, so a run can be watched with `tensorboard --logdir OUT/tb`.
+
+One TensorBoard run per split (train, eval_round_clients, eval_heldout) with the same tags puts
+train and eval loss in one chart; round timing and traffic go to the run "round".
+"""
+
+from pathlib import Path
+
+import tensorflow as tf
+
+from cluster import Worker
+from fedrun.config import RunConfig
+from fedrun.loop.records import RoundRecord
+
+
+def round_scalars(record: RoundRecord) -> dict[str, dict[str, float]]:
+    """The scalars of one round, by TensorBoard run, then tag."""
+    runs = {
+        "train": {"model/loss": record.train["loss"], "model/accuracy": record.train["accuracy"]},
+        "round": {
+            "time/latency_seconds": record.latency_s,
+            "throughput/examples_per_second": record.examples_per_s,
+            "throughput/clients_per_second": record.clients_per_s,
+            "traffic/bytes_to_workers": record.bytes_to_workers,
+            "traffic/bytes_from_workers": record.bytes_from_workers,
+        },
+    }
+    if record.eval:
+        runs["round"]["time/eval_latency_seconds"] = record.eval_latency_s
+    for group, metrics in record.eval.items():
+        runs[f"eval_{group}"] = {"model/loss": metrics["loss"], "model/accuracy": metrics["accuracy"]}
+    return runs
+
+
+class TensorBoardLog:
+    """A RunObserver writing `round_scalars` under `logdir`, flushed every round so a live
+    TensorBoard sees a round as soon as it ends."""
+
+    def __init__(self, logdir: Path):
+        self._logdir = logdir
+        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+
+    def on_start(self, config: RunConfig, workers: list[Worker]) -> None:
+        pass
+
+    def on_round(self, record: RoundRecord) -> None:
+        for run, scalars in round_scalars(record).items():
+            writer = self._writer(run)
+            with writer.as_default(step=record.round):
+                for tag, value in scalars.items():
+                    tf.summary.scalar(tag, value)
+            writer.flush()
+
+    def on_end(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers.clear()
+
+    def _writer(self, run: str) -> tf.summary.SummaryWriter:
+        if run not in self._writers:
+            self._writers[run] = tf.summary.create_file_writer(str(self._logdir / run))
+        return self._writers[run]

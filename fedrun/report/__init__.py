@@ -1,0 +1,1 @@
+"""`fedrun report`: PNG plots and a markdown summary of a run, from its files alone."""

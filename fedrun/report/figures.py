@@ -1,0 +1,117 @@
+"""The figures of `fedrun report`, each drawn from a run's round records."""
+
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
+
+from fedrun.loop.records import RoundRecord, ShardRecord
+from fedrun.observe.summary import latency_percentiles, running_time
+_PERCENTILE_COLORS = {50: "tab:green", 95: "tab:orange", 99: "tab:red"}
+_TRAIN_LABEL = "train (clients, during local training)"
+_EVAL_LABELS = {"round_clients": "eval: the round's clients", "heldout": "eval: held-out clients"}
+
+
+def worker_timeline(record: RoundRecord) -> dict[str, list[tuple[float, float, ShardRecord]]]:
+    """Per worker, its shards as (start, duration, shard), in seconds since the round started."""
+    timeline: dict[str, list[tuple[float, float, ShardRecord]]] = {}
+    for shard in sorted(record.shards, key=lambda s: s.start):
+        timeline.setdefault(shard.worker, []).append((shard.start - record.start, shard.end - shard.start, shard))
+    return timeline
+
+
+def _figure(columns: int = 1) -> tuple[Figure, list[Axes]]:
+    figure = Figure(figsize=(11, 4.5), dpi=110, layout="constrained")
+    axes = figure.subplots(1, columns, squeeze=False)[0]
+    for ax in axes:
+        ax.grid(True, alpha=0.3)
+    return figure, list(axes)
+
+
+def learning_curves(records: Sequence[RoundRecord], metric: str, ylabel: str) -> Figure:
+    figure, (by_round, by_time) = _figure(columns=2)
+    figure.suptitle(f"{metric.capitalize()} during training and on evaluation")
+    times = dict(zip((r.round for r in records), running_time(records)))
+    series = {_TRAIN_LABEL: [(r.round, r.train[metric]) for r in records]}
+    for group in dict.fromkeys(g for r in records for g in r.eval):
+        series[_EVAL_LABELS.get(group, f"eval: {group}")] = [(r.round, r.eval[group][metric]) for r in records
+                                                              if group in r.eval]
+    for label, points in series.items():
+        rounds, values = zip(*points)
+        marker = "." if len(points) <= 60 else None  # dots help a short run, clutter a long one
+        by_round.plot(rounds, values, marker=marker, label=label)
+        by_time.plot([times[n] for n in rounds], values, marker=marker, label=label)
+    by_round.set(xlabel="round", ylabel=ylabel, title="by round")
+    by_round.xaxis.set_major_locator(MaxNLocator(integer=True))
+    by_time.set(xlabel="running time (s, a resumed run continues its clock)", ylabel=ylabel,
+                title="by running time")
+    by_round.legend()
+    return figure
+
+
+def _percentile_lines(ax: Axes, percentiles: dict[int, float], vertical: bool) -> None:
+    for q, value in percentiles.items():
+        line = ax.axvline if vertical else ax.axhline
+        line(value, color=_PERCENTILE_COLORS[q], linestyle="--", label=f"p{q} = {value:.3f} s")
+
+
+def latency_per_round(records: Sequence[RoundRecord]) -> Figure:
+    figure, (ax,) = _figure()
+    rounds, latencies = [r.round for r in records], [r.latency_s for r in records]
+    label = "training round (evaluation not included)"
+    if len(records) <= 300:
+        ax.bar(rounds, latencies, color="tab:blue", alpha=0.7, label=label)
+    else:  # bars thinner than a pixel would vanish
+        ax.plot(rounds, latencies, color="tab:blue", linewidth=0.8, label=label)
+    _percentile_lines(ax, latency_percentiles(records), vertical=False)
+    ax.set(xlabel="round", ylabel="round latency (s)", ylim=(0, None),
+           title="Round latency per round (the first round includes tracing the computations)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="upper right")
+    return figure
+
+
+def latency_cdf(records: Sequence[RoundRecord]) -> Figure:
+    figure, (ax,) = _figure()
+    latencies = np.sort([r.latency_s for r in records])
+    ax.step(latencies, np.arange(1, len(latencies) + 1) / len(latencies), where="post", color="tab:blue",
+            label=f"{len(latencies)} rounds")
+    _percentile_lines(ax, latency_percentiles(records), vertical=True)
+    ax.set(xlabel="round latency (s)", ylabel="fraction of rounds at most this slow", ylim=(0, 1.05),
+           title="Distribution of round latency (CDF)")
+    ax.legend(loc="lower right")
+    return figure
+
+
+def gantt(record: RoundRecord, workers: list[str]) -> Figure:
+    """Each worker's shards across the round; grey is idle time, the last bar is merge and server update."""
+    figure, (ax,) = _figure()
+    timeline = worker_timeline(record)
+    labels = ["merge + server update"]
+    colors = [f"C{i % 10}" for i in range(len(record.shards))]
+    for y, worker in enumerate(reversed(workers), start=1):
+        ax.broken_barh([(0, record.latency_s)], (y - 0.4, 0.8), color="0.9")
+        busy = 0.0
+        for start, duration, shard in timeline.get(worker, []):
+            busy += duration
+            ax.broken_barh([(start, duration)], (y - 0.35, 0.7), color=colors[shard.shard], edgecolor="black")
+            if duration > 0.06 * record.latency_s:  # narrower bars stay unlabelled rather than overprinted
+                clients = f"{len(shard.clients)} client" + ("s" if len(shard.clients) != 1 else "")
+                ax.text(start + duration / 2, y, f"shard {shard.shard}\n{clients}", ha="center", va="center",
+                        fontsize=8)
+        labels.append(f"{worker}\nidle {record.latency_s - busy:.3f} s")
+    last_shard_end = max((s.end - record.start for s in record.shards), default=0.0)
+    ax.broken_barh([(last_shard_end, record.latency_s - last_shard_end)], (-0.35, 0.7), color="0.5")
+    ax.axvline(record.latency_s, color="black", linestyle=":")
+    ax.set_yticks(range(len(labels)), labels)
+    failures = f"; {len(record.failures)} worker failure(s), their shards ran again" if record.failures else ""
+    ax.set(xlabel="seconds since the round started", xlim=(0, record.latency_s * 1.02),
+           title=f"Round {record.round}: shards per worker (round latency {record.latency_s:.3f} s{failures})")
+    ax.legend(handles=[Patch(color="0.9", label="idle"), Patch(color="0.5", label="merge + server update"),
+                       Line2D([], [], color="black", linestyle=":", label="round end")],
+              loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return figure

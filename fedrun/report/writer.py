@@ -1,0 +1,64 @@
+"""`fedrun report DIR`: plots and a markdown summary of a run, finished or still going.
+
+Reads only DIR/rounds.jsonl (and DIR/config.toml when present), so it can run while the
+coordinator appends rounds: a last line still being written is skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+from fedrun.config import RunConfig, read_config_file, resolve
+from fedrun.errors import FedrunError
+from fedrun.loop.run_dir import CONFIG, RunDirectory
+from fedrun.observe.summary import summary_rows
+from fedrun.report.figures import gantt, latency_cdf, latency_per_round, learning_curves
+
+_LOG = logging.getLogger(__name__)
+
+
+def write_report(run_dir: Path, round_num: int | None = None, out: Path | None = None) -> Path:
+    """Writes the PNGs and summary.md into `out` (default DIR/report) and returns summary.md's path."""
+    rounds = RunDirectory(run_dir).rounds
+    records = rounds.read(on_torn=lambda number: _LOG.warning(
+        "skipped the incomplete last line of %s (a round still being written)", rounds.path))
+    if not records:
+        raise FedrunError(f"no round has finished yet in {rounds.path}: try again after the first round")
+    by_number = {r.round: r for r in records}
+    chosen = by_number.get(records[-1].round if round_num is None else round_num)
+    if chosen is None:
+        raise FedrunError(f"round {round_num} is not in {rounds.path}: choose --round between "
+                          f"{records[0].round} and {records[-1].round}")
+    out = out or run_dir / "report"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise FedrunError(f"cannot create the report directory {out} ({e.strerror}): "
+                          f"choose another --out") from None
+
+    workers = sorted({s.worker for r in records for s in r.shards})
+    plots = {
+        "accuracy.png": learning_curves(records, "accuracy", "accuracy (fraction correct)"),
+        "loss.png": learning_curves(records, "loss", "loss (cross-entropy)"),
+        "latency.png": latency_per_round(records),
+        "latency_cdf.png": latency_cdf(records),
+        f"shards_round_{chosen.round}.png": gantt(chosen, workers),
+    }
+    for name, figure in plots.items():
+        FigureCanvasAgg(figure).print_png(out / name)
+
+    rows = summary_rows(records, _config(run_dir))
+    lines = [f"# fedrun report: {run_dir}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
+             "## Plots", ""]
+    lines += [f"![{name.removesuffix('.png')}]({name})" for name in plots]
+    summary = out / "summary.md"
+    summary.write_text("\n".join(lines) + "\n")
+    return summary
+
+
+def _config(run_dir: Path) -> RunConfig | None:
+    path = run_dir / CONFIG
+    return resolve(read_config_file(path)) if path.exists() else None

@@ -1,0 +1,115 @@
+"""The execute step of a round: train a cohort on the workers, or evaluate a model on groups of
+clients, and return everything that happened as one outcome object."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cluster import WorkerBackend
+from fedrun.learning.algorithm import FederatedAlgorithm, eval_metrics, train_metrics
+from fedrun.runtime.dispatch import Dispatcher, ShardTiming, Traffic, WorkerFailure
+from fedrun.runtime.session import WorkerSession
+from fedrun.runtime.sharded import run_sharded
+from fedrun.selection.cohort import Cohort
+from fedrun.selection.sharding import Shard, make_shards
+
+
+@dataclass(frozen=True)
+class ShardRun:
+    shard: Shard  # which of the cohort's clients it trained
+    timing: ShardTiming
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    state: Any  # the new server state
+    metrics: dict[str, float]  # the clients' training metrics: loss, accuracy, num_examples
+    shards: list[ShardRun]  # in shard order
+    failures: list[WorkerFailure]  # workers lost during the round; their shards ran again
+    traffic: Traffic
+    recycled: list[str]  # workers made fresh before the round
+    workers: int  # workers in the pool at the end
+    start: float  # time.monotonic()
+    end: float
+
+    @property
+    def wall_s(self) -> float:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    metrics: dict[str, dict[str, float]]  # by group: loss, accuracy, num_examples
+    wall_s: float
+
+
+class RoundRuntime:
+    """Runs an algorithm's rounds over a dispatcher's workers."""
+
+    def __init__(self, dispatcher: Dispatcher, algorithm: FederatedAlgorithm, num_shards: int,
+                 recycle_every: int = 0):
+        self.dispatcher = dispatcher
+        self.algorithm = algorithm
+        self._num_shards = num_shards
+        self._recycle_every = recycle_every
+        self._eval_initial: Any = None  # evaluation's initial state; each evaluation starts from it
+
+    @classmethod
+    def over(cls, backend: WorkerBackend, algorithm: FederatedAlgorithm, num_shards: int,
+             rpc_timeout_s: float, recycle_every: int = 0) -> RoundRuntime:
+        """Over a started backend's workers, each dialled with `rpc_timeout_s` on every call."""
+        dispatcher = Dispatcher.for_backend(backend, lambda worker: WorkerSession(worker, rpc_timeout_s))
+        return cls(dispatcher, algorithm, num_shards, recycle_every)
+
+    def close(self) -> None:
+        """Closes the connections; calls stuck on a dead worker are abandoned to their deadline."""
+        self.dispatcher.close(wait=False)
+
+    def initial_state(self) -> Any:
+        return self.dispatcher.call(self.algorithm.training.initialize)
+
+    def train(self, round_num: int, state: Any, cohort: Cohort) -> TrainOutcome:
+        """One round of training over the cohort's clients, from `state`."""
+        recycled = self._recycle_if_due(round_num)
+        start = time.monotonic()
+        shards = make_shards(cohort.sizes, self._num_shards)
+        result = run_sharded(self.dispatcher, self.algorithm.train_form, state,
+                             self.algorithm.train_data(cohort.keys), shards)
+        return TrainOutcome(
+            state=result.value.state,
+            metrics=train_metrics(result.value.metrics),
+            shards=[ShardRun(shards[t.shard], t) for t in result.timings],
+            failures=result.failures,
+            traffic=result.traffic,
+            recycled=recycled,
+            workers=len(self.dispatcher.workers),
+            start=start,
+            end=time.monotonic(),
+        )
+
+    def evaluate(self, state: Any, groups: Mapping[str, Cohort]) -> EvalOutcome:
+        """Federated evaluation of `state`'s model on each group's test examples."""
+        start = time.monotonic()
+        evaluation = self.algorithm.evaluation
+        if self._eval_initial is None:
+            self._eval_initial = self.dispatcher.call(evaluation.initialize)
+        eval_state = self.dispatcher.call(evaluation.set_model_weights,
+                                          [self._eval_initial, state.global_model_weights])
+        metrics = {}
+        for name, group in groups.items():
+            if len(group.clients):
+                result = run_sharded(self.dispatcher, self.algorithm.eval_form, eval_state,
+                                     self.algorithm.eval_data(group.keys),
+                                     make_shards(group.sizes, self._num_shards))
+                metrics[name] = eval_metrics(result.value.metrics)
+        return EvalOutcome(metrics, time.monotonic() - start)
+
+    def _recycle_if_due(self, round_num: int) -> list[str]:
+        """Fresh workers before every `recycle_every`-th round after the first."""
+        every = self._recycle_every
+        if every and round_num > 1 and (round_num - 1) % every == 0:
+            return self.dispatcher.recycle()
+        return []

@@ -1,0 +1,65 @@
+"""Driving `fedrun` as a user does: a real coordinator process, and the workers it starts."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+# A small run for tests that drive `fedrun run` as a user does.
+SMALL = ["--rounds", "2", "--clients-per-round", "8", "--epochs", "1", "--population", "100",
+         "--eval-clients", "4", "--no-progress"]
+
+
+def fedrun(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fedrun.cli", *args]
+
+
+def start(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(fedrun(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+
+def wait_for_rounds(path: Path, count: int, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and len(path.read_text().splitlines()) >= count:
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"fedrun exited early ({process.returncode}): {process.stderr.read()}")
+        time.sleep(0.2)
+    raise AssertionError(f"no {count} rounds in {path} after {timeout}s")
+
+
+def worker_pids(coordinator: subprocess.Popen) -> list[int]:
+    """The coordinator's TFF worker_binary processes (whatever wraps them)."""
+    return [p.pid for p in psutil.Process(coordinator.pid).children(recursive=True)
+            if p.name() == "worker_binary"]
+
+
+def descendant_pids(coordinator: subprocess.Popen) -> list[int]:
+    """Every process the coordinator started: workers and whatever isolates or forwards them."""
+    return [p.pid for p in psutil.Process(coordinator.pid).children(recursive=True)]
+
+
+def assert_gone(pids: list[int], timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if psutil.pid_exists(pid)
+                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return
+        time.sleep(0.1)
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    raise AssertionError(f"processes outlived the coordinator: {alive}")
+
+
+def fake_binary(tmp_path: Path, body: str) -> Path:
+    """A shell script standing in for worker_binary (what it does instead: `body`)."""
+    path = tmp_path / "worker_binary"
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+    return path
