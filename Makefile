@@ -4,7 +4,7 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: venv run test soak clean
+.PHONY: venv run test lint soak clean
 
 venv: $(VENV)/.installed
 
@@ -19,7 +19,11 @@ run: venv
 	$(BIN)/fedrun run --workers 2 --rounds 10 --clients-per-round 32 --out runs/readme
 
 test: venv
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 soak: venv
 	$(BIN)/python -m pytest -q -m soak tests/soak

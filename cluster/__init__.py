@@ -7,9 +7,10 @@ from cluster.backend import Capabilities, Worker, WorkerBackend
 from cluster.errors import UserError, WorkerError, WorkerStartError
 from cluster.local.backend import LocalProcessBackend
 from cluster.local.binary import find_worker_binary
+from cluster.local.foreground import serve_worker
 from cluster.local.options import LocalWorkerOptions
 from cluster.registry import BACKENDS, backend_options, create_backend
-from cluster.settings import ClusterSettings, RaySettings, WorkerSettings
+from cluster.settings import ClusterSettings, RaySettings, WorkerSettings, setting
 
 __all__ = [
     "BACKENDS",
@@ -27,4 +28,6 @@ __all__ = [
     "backend_options",
     "create_backend",
     "find_worker_binary",
+    "serve_worker",
+    "setting",
 ]

@@ -68,7 +68,5 @@ def create_backend(settings: ClusterSettings, log_dir: Path | None = None) -> Wo
 def _entry(name: str) -> BackendEntry:
     entry = BACKENDS.get(name)
     if entry is None:
-        raise WorkerError(
-            f"unknown worker backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}"
-        )
+        raise WorkerError(f"unknown worker backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}")
     return entry

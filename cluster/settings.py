@@ -89,8 +89,7 @@ class WorkerSettings:
     )
     addresses: str = setting(
         "",
-        "static backend: the workers' gRPC targets, comma-separated host:port, [ipv6]:port or "
-        "unix:/path",
+        "static backend: the workers' gRPC targets, comma-separated host:port, [ipv6]:port or unix:/path",
         flag="worker-addresses",
     )
     allow_remote: bool = setting(
@@ -130,8 +129,7 @@ class RaySettings:
     )
     placement_strategy: str = setting(
         "PACK",
-        "how the workers' placement group spreads them over nodes (SPREAD: one per node where "
-        "it can)",
+        "how the workers' placement group spreads them over nodes (SPREAD: one per node where it can)",
         choices=PLACEMENT_STRATEGIES,
     )
 

@@ -13,9 +13,16 @@ import signal
 import sys
 from pathlib import Path
 
-from cluster import UserError, backend_options
-from fedrun.config import (BY_FLAG, RunConfig, add_config_flags, chosen_flags, flag_values, read_config_file,
-                           resolve)
+from cluster import UserError, WorkerSettings, backend_options, serve_worker
+from fedrun.config import (
+    BY_FLAG,
+    RunConfig,
+    add_config_flags,
+    chosen_flags,
+    flag_values,
+    read_config_file,
+    resolve,
+)
 from fedrun.errors import FedrunError
 from fedrun.loop.run_dir import CONFIG, RunDirectory
 
@@ -41,32 +48,45 @@ def _on_signal(signum, frame):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="fedrun", description="A distributed, multi-process federated-learning simulator on "
-                                   "TensorFlow Federated's executor service.")
+        prog="fedrun",
+        description="A distributed, multi-process federated-learning simulator on "
+        "TensorFlow Federated's executor service.",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="run a federated simulation",
-                              description="Run FedAvg rounds sharded across TFF worker processes. Every "
-                                          "option is also a key of the --config file's table shown.")
+    run = commands.add_parser(
+        "run",
+        help="run a federated simulation",
+        description="Run FedAvg rounds sharded across TFF worker processes. Every "
+        "option is also a key of the --config file's table shown.",
+    )
     run.add_argument("--config", type=Path, metavar="FILE", help="TOML file with any of the options below")
-    run.add_argument("--resume", type=Path, metavar="DIR",
-                     help="continue the run in DIR from its last checkpoint, with its config")
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="DIR",
+        help="continue the run in DIR from its last checkpoint, with its config",
+    )
     run.add_argument("--debug", action="store_true", help="show tracebacks")
     add_config_flags(run)
     run.set_defaults(handler=run_simulation)
 
     worker = commands.add_parser(
-        "worker", help="run one TFF worker in the foreground, for `fedrun run --backend static`",
+        "worker",
+        help="run one TFF worker in the foreground, for `fedrun run --backend static`",
         description="Run TFF's executor service on --port of every interface, without "
-                    "authentication: let only the coordinator reach it (NetworkPolicy, firewall).")
+        "authentication: let only the coordinator reach it (NetworkPolicy, firewall).",
+    )
     worker.add_argument("--port", type=int, default=8000, help="TCP port to listen on; default: 8000")
     for flag, name in _WORKER_FLAGS.items():
         info = BY_FLAG[name]
         worker.add_argument(f"--{flag}", type=info.type, default=info.default, help=info.describe())
     worker.set_defaults(handler=run_worker)
 
-    report = commands.add_parser("report", help="plot a run and summarize it in markdown",
-                                 description="Write PNG plots and summary.md for the run in DIR, "
-                                             "finished or still going.")
+    report = commands.add_parser(
+        "report",
+        help="plot a run and summarize it in markdown",
+        description="Write PNG plots and summary.md for the run in DIR, finished or still going.",
+    )
     report.add_argument("dir", type=Path, metavar="DIR", help="the --out directory of a run")
     report.add_argument("--round", type=int, help="round for the per-worker shard chart; default: the last")
     report.add_argument("--out", type=Path, help="where to write the report; default: DIR/report")
@@ -78,9 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # `fedrun worker`'s flags: the run's worker settings, under the names a single worker uses.
-_WORKER_FLAGS = {"max-concurrent-calls": "worker-max-concurrent-calls",
-                 "intra-op-threads": "worker-intra-op-threads",
-                 "inter-op-threads": "worker-inter-op-threads"}
+_WORKER_FLAGS = {
+    "max-concurrent-calls": "worker-max-concurrent-calls",
+    "intra-op-threads": "worker-intra-op-threads",
+    "inter-op-threads": "worker-inter-op-threads",
+}
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -91,17 +113,22 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     if args.resume is None:
         return resolve(file_values, flags)
     if not (args.resume / CONFIG).is_file():
-        raise FedrunError(f"--resume {args.resume}: no {CONFIG} there, so it is not a fedrun run "
-                          f"directory; pass the --out directory of the run to continue")
+        raise FedrunError(
+            f"--resume {args.resume}: no {CONFIG} there, so it is not a fedrun run "
+            f"directory; pass the --out directory of the run to continue"
+        )
     here = {"output": {"dir": args.resume}}
     saved = resolve(read_config_file(args.resume / CONFIG), here)
     asked = resolve(saved.as_tables(), file_values, flags, here)
     differences = saved.result_differences(asked)
     if differences:
+        changes = ", ".join(
+            f"{i.key}: {saved.value(i)!r} there, {asked.value(i)!r} here" for i in differences
+        )
         raise FedrunError(
-            f"--resume {args.resume}: that run was made with a different configuration "
-            f"({', '.join(f'{i.key}: {saved.value(i)!r} there, {asked.value(i)!r} here' for i in differences)}); "
-            f"drop those options to resume it, or start a new run with another --out")
+            f"--resume {args.resume}: that run was made with a different configuration ({changes}); "
+            f"drop those options to resume it, or start a new run with another --out"
+        )
     return asked
 
 
@@ -121,29 +148,36 @@ def observability(config: RunConfig) -> list:
         from prometheus_client import CollectorRegistry
 
         from fedrun.observe.prometheus import PrometheusMetrics
-        observers.append(PrometheusMetrics(CollectorRegistry(), port=observe.metrics_port, host=observe.metrics_host,
-                                           pushgateway=observe.pushgateway, run=str(config.output.dir.resolve())))
+
+        observers.append(
+            PrometheusMetrics(
+                CollectorRegistry(),
+                port=observe.metrics_port,
+                host=observe.metrics_host,
+                pushgateway=observe.pushgateway,
+                run=str(config.output.dir.resolve()),
+            )
+        )
     if observe.tensorboard:
         from fedrun.observe.tensorboard import TensorBoardLog  # loads TensorFlow
+
         observers.append(TensorBoardLog(config.output.dir / "tb"))
     return observers
 
 
 def run_worker(args: argparse.Namespace) -> int:
     """`fedrun worker`: exits with the worker's status; SIGTERM reaches the worker."""
-    from cluster.local.foreground import run_foreground_worker
-    from cluster.local.options import LocalWorkerOptions
-    try:
-        options = LocalWorkerOptions(max_concurrent_computation_calls=args.max_concurrent_calls,
-                                     intra_op_threads=args.intra_op_threads,
-                                     inter_op_threads=args.inter_op_threads)
-    except ValueError as e:
-        raise FedrunError(str(e)) from None
-    return run_foreground_worker(args.port, options)
+    settings = WorkerSettings(
+        max_concurrent_calls=args.max_concurrent_calls,
+        intra_op_threads=args.intra_op_threads,
+        inter_op_threads=args.inter_op_threads,
+    )
+    return serve_worker(args.port, settings)
 
 
 def run_report(args: argparse.Namespace) -> int:
     from fedrun.report.writer import write_report  # matplotlib loads only for this command
+
     summary = write_report(args.dir, round_num=args.round, out=args.out)
     print(f"report written: {summary}")
     return 0
@@ -160,14 +194,19 @@ def run_simulation(args: argparse.Namespace) -> int:
         preflight(config)
         observers = observability(config)  # a taken --metrics-port fails here, before TensorFlow loads
         from fedrun.loop.simulation import simulate  # TensorFlow loads only once the config is valid
+
         if quiet:  # read once, at load: the workers started next keep their logs whole
             del os.environ["TF_CPP_MIN_LOG_LEVEL"]
         from fedrun.observe.terminal import TerminalProgress
+
         terminal = TerminalProgress()
         simulate(config, [terminal, *observers], resume=args.resume is not None)
     except Interrupted as stop:
-        print(f"fedrun: {stop}: stopped; workers stopped, completed rounds and the last checkpoint "
-              f"are kept (continue with --resume)", file=sys.stderr)
+        print(
+            f"fedrun: {stop}: stopped; workers stopped, completed rounds and the last checkpoint "
+            f"are kept (continue with --resume)",
+            file=sys.stderr,
+        )
         return stop.exit_code
     print(terminal.summary())
     return 0

@@ -1,7 +1,7 @@
 """fedrun's errors a user can cause. They share one root with the worker backends' errors
 (`cluster.UserError`), which is what the command line prints without a traceback."""
 
-from cluster.errors import UserError
+from cluster import UserError
 
 
 class FedrunError(UserError):

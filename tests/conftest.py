@@ -36,8 +36,11 @@ def worker_processes() -> list[psutil.Process]:
     for process in psutil.process_iter():
         try:
             command = " ".join(process.cmdline())
-            if (process.status() != psutil.STATUS_ZOMBIE and any(part in command for part in _WORKER_PARTS)
-                    and _started_by_this_session(process)):
+            if (
+                process.status() != psutil.STATUS_ZOMBIE
+                and any(part in command for part in _WORKER_PARTS)
+                and _started_by_this_session(process)
+            ):
                 found.append(process)
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             pass

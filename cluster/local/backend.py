@@ -79,8 +79,8 @@ class LocalProcessBackend(WorkerBackend):
         with self._lock:
             if self._spawner is not None:
                 raise WorkerError("this backend already runs workers; call stop() first")
-            self._prepare(find_worker_binary(self._options.binary))
             try:
+                self._prepare(find_worker_binary(self._options.binary))
                 # All processes start at once, so waiting on them in turn costs the slowest one.
                 launched = [self._launch(f"local-{index}") for index in range(num_workers)]
                 deadline = time.monotonic() + self._options.ready_timeout_s
@@ -143,8 +143,7 @@ class LocalProcessBackend(WorkerBackend):
                 self._log_dir.mkdir(parents=True, exist_ok=True)
             except OSError as error:
                 raise WorkerStartError(
-                    f"cannot create the worker log_dir {self._log_dir}: {error}; "
-                    f"choose a writable log_dir"
+                    f"cannot create the worker log_dir {self._log_dir}: {error}; choose a writable log_dir"
                 ) from error
         if self._isolate():
             # mkdtemp makes it 0700; in the temporary directory, as a socket path has <108 bytes.
@@ -167,7 +166,7 @@ class LocalProcessBackend(WorkerBackend):
         if isolation == "netns":
             raise WorkerStartError(
                 f"cannot isolate local workers: {why_not}; enable unprivileged user namespaces, "
-                f"or accept an exposed worker port with isolation \"none\""
+                f'or accept an exposed worker port with isolation "none"'
             )
         _LOG.warning("%s (%s).", _EXPOSED_WARNING, why_not)
         return False
@@ -202,9 +201,7 @@ class LocalProcessBackend(WorkerBackend):
                     f"could not run worker binary {self._command[0]}: {error}; "
                     f"pass the path of TFF's worker_binary"
                 ) from error
-        worker_process = _WorkerProcess(
-            worker_id, process, log_path, log_start, launched_at, socket_path
-        )
+        worker_process = _WorkerProcess(worker_id, process, log_path, log_start, launched_at, socket_path)
         self._processes[worker_id] = worker_process
         return worker_process
 
@@ -225,9 +222,7 @@ class LocalProcessBackend(WorkerBackend):
         with grpc.insecure_channel(target) as channel:
             ready = grpc.channel_ready_future(channel)
             try:
-                self._poll_until(
-                    worker_process, deadline, "accept gRPC connections", lambda _: ready.done()
-                )
+                self._poll_until(worker_process, deadline, "accept gRPC connections", lambda _: ready.done())
             finally:
                 ready.cancel()
         _LOG.info(

@@ -12,11 +12,22 @@ import signal
 import subprocess
 
 from cluster.errors import WorkerStartError
-from cluster.local.options import LocalWorkerOptions
-from cluster.local.spawner import Spawner
 from cluster.local.binary import find_worker_binary
+from cluster.local.options import LocalWorkerOptions, process_options
+from cluster.local.spawner import Spawner
+from cluster.settings import WorkerSettings
 
 _LOG = logging.getLogger(__name__)
+
+
+def serve_worker(port: int, settings: WorkerSettings) -> int:
+    """Runs worker_binary on `port`, with the settings' flags and threads, until it exits;
+    returns its exit status (128+N if signalled)."""
+    try:
+        options = process_options(settings, log_dir=None, isolation="none")
+    except ValueError as error:
+        raise WorkerStartError(str(error)) from None
+    return run_foreground_worker(port, options)
 
 
 def run_foreground_worker(port: int, options: LocalWorkerOptions) -> int:
@@ -27,14 +38,13 @@ def run_foreground_worker(port: int, options: LocalWorkerOptions) -> int:
     _LOG.warning(
         "TFF executor service on port %d of every interface, without authentication: anyone who "
         "reaches it can run TensorFlow graphs as this user; let only the coordinator connect "
-        "(NetworkPolicy, firewall)", port,
+        "(NetworkPolicy, firewall)",
+        port,
     )
     spawner = Spawner()  # the worker dies with this process, even if it is SIGKILLed
     try:
         try:
-            worker = spawner.popen(
-                command, stdin=subprocess.DEVNULL, env=options.worker_environment()
-            )
+            worker = spawner.popen(command, stdin=subprocess.DEVNULL, env=options.worker_environment())
         except OSError as error:
             raise WorkerStartError(f"could not run worker binary {command[0]}: {error}") from error
         for signum in (signal.SIGTERM, signal.SIGINT):

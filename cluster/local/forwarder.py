@@ -21,17 +21,13 @@ async def serve_unix(path: Path, host: str, port: int) -> asyncio.Server:
 
     async def forward(client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter):
         try:
-            upstream_reader, upstream_writer = await asyncio.open_connection(
-                host, port, limit=BUFFER_BYTES
-            )
+            upstream_reader, upstream_writer = await asyncio.open_connection(host, port, limit=BUFFER_BYTES)
         except OSError:  # the worker is gone; the client sees a closed connection and retries
             client_writer.close()
             return
         for writer in (client_writer, upstream_writer):
             _enlarge_buffers(writer.get_extra_info("socket"))
-        await asyncio.gather(
-            _pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer)
-        )
+        await asyncio.gather(_pipe(client_reader, upstream_writer), _pipe(upstream_reader, client_writer))
 
     previous_umask = os.umask(_OWNER_ONLY_UMASK)
     try:

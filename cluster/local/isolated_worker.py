@@ -16,8 +16,8 @@ import sys
 from pathlib import Path
 
 from cluster.local.forwarder import serve_unix
-from cluster.local.ports import parse_listening_sockets
 from cluster.local.netns import bring_loopback_up
+from cluster.local.ports import parse_listening_sockets
 
 _POLL_INTERVAL_S = 0.02
 _LOOPBACK = "127.0.0.1"  # the worker binds [::] dual-stack: IPv4 loopback reaches it
@@ -59,8 +59,12 @@ async def _serve(socket_path: Path, worker_command: list[str]) -> int:
 async def _listening_port(worker: asyncio.subprocess.Process) -> int | None:
     """The worker's port; None if it exits first. The namespace is private: any listener is its."""
     while worker.returncode is None:
-        ports = {port for table in _TABLES if table.exists()
-                 for port in parse_listening_sockets(table.read_text()).values()}
+        ports = {
+            port
+            for table in _TABLES
+            if table.exists()
+            for port in parse_listening_sockets(table.read_text()).values()
+        }
         if len(ports) > 1:
             _say(f"the worker listens on several ports {sorted(ports)}; is it TFF's worker_binary?")
             _pass_on(worker, signal.SIGKILL)

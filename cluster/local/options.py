@@ -40,9 +40,7 @@ class LocalWorkerOptions:
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
-            raise ValueError(
-                f"isolation must be one of {', '.join(ISOLATIONS)}; got {self.isolation!r}"
-            )
+            raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}; got {self.isolation!r}")
         calls = self.max_concurrent_computation_calls
         if calls < 1 and calls != -1:
             raise ValueError(
@@ -74,9 +72,11 @@ class LocalWorkerOptions:
     def worker_environment(self) -> dict[str, str]:
         """This process's environment plus the thread limits the binary honours."""
         env = dict(os.environ)
-        for variable, threads in [("TF_NUM_INTRAOP_THREADS", self.intra_op_threads),
-                                  ("OMP_NUM_THREADS", self.intra_op_threads),
-                                  ("TF_NUM_INTEROP_THREADS", self.inter_op_threads)]:
+        for variable, threads in [
+            ("TF_NUM_INTRAOP_THREADS", self.intra_op_threads),
+            ("OMP_NUM_THREADS", self.intra_op_threads),
+            ("TF_NUM_INTEROP_THREADS", self.inter_op_threads),
+        ]:
             if threads:
                 env[variable] = str(threads)
         return env

@@ -49,9 +49,7 @@ class Spawner:
         while (request := self._requests.get()) is not None:
             args, popen_kwargs, started = request
             try:
-                process = subprocess.Popen(
-                    args, preexec_fn=_die_with_parent(os.getpid()), **popen_kwargs
-                )
+                process = subprocess.Popen(args, preexec_fn=_die_with_parent(os.getpid()), **popen_kwargs)
             except BaseException as error:  # handed to the caller, which re-raises it
                 started.set_exception(error)
             else:

@@ -45,9 +45,7 @@ class WorkerActor:
         try:
             (worker,) = self._processes.start(1)
         except WorkerStartError as error:
-            raise WorkerStartError(
-                f"Ray worker {self._worker_id} on node {self._node_ip}: {error}"
-            ) from None
+            raise WorkerStartError(f"Ray worker {self._worker_id} on node {self._node_ip}: {error}") from None
         port = int(worker.target.rsplit(":", 1)[1])
         host = self._node_ip
         if ipaddress.ip_address(host).version == 6:

@@ -165,9 +165,7 @@ class RayBackend(WorkerBackend):
                 ray.init(address=address, **quiet)
             else:
                 # "local" never joins a cluster that happens to run here; all on loopback.
-                ray.init(
-                    address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **quiet
-                )
+                ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
         except (ConnectionError, RuntimeError, ValueError) as error:
             what = f"join the Ray cluster at {address!r}" if address else "start a local Ray"
             raise WorkerStartError(
@@ -206,9 +204,7 @@ class RayBackend(WorkerBackend):
             )
         return group
 
-    def _launch(
-        self, worker_id: str, bundle_index: int
-    ) -> tuple[ray.actor.ActorHandle, ray.ObjectRef]:
+    def _launch(self, worker_id: str, bundle_index: int) -> tuple[ray.actor.ActorHandle, ray.ObjectRef]:
         options = self._options
         actor = WorkerActor.options(
             num_cpus=options.cpus,
@@ -241,9 +237,7 @@ class RayBackend(WorkerBackend):
         except ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, WorkerError):
                 raise WorkerStartError(str(error.cause)) from None
-            raise WorkerStartError(
-                f"Ray worker {worker_id} failed to start: {error.cause!r}"
-            ) from None
+            raise WorkerStartError(f"Ray worker {worker_id} failed to start: {error.cause!r}") from None
         except ray.exceptions.RayActorError as error:
             raise WorkerStartError(
                 f"Ray worker {worker_id}'s actor could not start: {error}. Every node needs "

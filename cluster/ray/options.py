@@ -49,13 +49,9 @@ class RayWorkerOptions:
                 raise ValueError(f"{name} must not be negative; got {getattr(self, name)}")
         for name, amount in self.resources.items():
             if name in _RESERVED_NAMES:
-                raise ValueError(
-                    f"resource {name!r} is set with {_RESERVED_NAMES[name]}, not in resources"
-                )
+                raise ValueError(f"resource {name!r} is set with {_RESERVED_NAMES[name]}, not in resources")
             if not name or not amount > 0:
-                raise ValueError(
-                    f"custom resources need a name and a positive amount; got {name!r}={amount}"
-                )
+                raise ValueError(f"custom resources need a name and a positive amount; got {name!r}={amount}")
         if not any(self.bundle.values()):
             raise ValueError("a worker must reserve something: set cpus, gpus or resources")
         if self.process.isolation != "none":
@@ -91,7 +87,7 @@ def from_settings(settings: ClusterSettings, log_dir: Path | None) -> RayWorkerO
 
 
 def parse_resources(text: str) -> dict[str, float]:
-    """"name=amount,name=amount": the custom Ray resources each worker reserves."""
+    """ "name=amount,name=amount": the custom Ray resources each worker reserves."""
     resources: dict[str, float] = {}
     for item in (part.strip() for part in text.split(",")):
         if not item:
@@ -107,9 +103,7 @@ def parse_resources(text: str) -> dict[str, float]:
                 f"e.g. --worker-resources 'accelerator_a100=1,scratch_gb=20'"
             )
         if name in _RESERVED_NAMES:
-            raise ValueError(
-                f"worker_resources: set {name} with --worker-{name.lower()}s, not here"
-            )
+            raise ValueError(f"worker_resources: set {name} with --worker-{name.lower()}s, not here")
         if name in resources:
             raise ValueError(f"worker_resources names {name!r} twice; give each resource once")
         resources[name] = value
@@ -159,8 +153,7 @@ def capacity_shortfall(
 
 def _copies_on(node: Mapping[str, float], bundle: Mapping[str, float]) -> int:
     return min(
-        math.floor(node.get(name, 0.0) / amount + _RESOURCE_EPSILON)
-        for name, amount in bundle.items()
+        math.floor(node.get(name, 0.0) / amount + _RESOURCE_EPSILON) for name, amount in bundle.items()
     )
 
 

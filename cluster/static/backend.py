@@ -29,6 +29,8 @@ _CHANNEL_OPTIONS = [
     ("grpc.dns_min_time_between_resolutions_ms", 1000),
     ("grpc.use_local_subchannel_pool", 1),
 ]
+
+
 class StaticBackend(WorkerBackend):
     """Connects to workers at fixed addresses; worker ids are "static-0", "static-1", ..."""
 
@@ -53,7 +55,9 @@ class StaticBackend(WorkerBackend):
             if remote := self._options.remote_addresses:
                 _LOG.warning(
                     "remote workers %s: %s; make sure a NetworkPolicy or firewall lets only the "
-                    "coordinator connect to them.", ", ".join(remote), REMOTE_RISK,
+                    "coordinator connect to them.",
+                    ", ".join(remote),
+                    REMOTE_RISK,
                 )
             try:
                 for index, address in enumerate(addresses):
@@ -82,9 +86,7 @@ class StaticBackend(WorkerBackend):
             self._channel_of(worker_id).close()
             # A fresh channel: the old one may be backing off from the dead worker's address.
             worker = self._workers[worker_id]
-            channel = self._channels[worker_id] = grpc.insecure_channel(
-                worker.target, _CHANNEL_OPTIONS
-            )
+            channel = self._channels[worker_id] = grpc.insecure_channel(worker.target, _CHANNEL_OPTIONS)
         result = _await_executor(channel, time.monotonic() + self._options.ready_timeout_s)
         if result.verdict is not Verdict.EXECUTOR:
             raise WorkerError(
@@ -105,8 +107,12 @@ class StaticBackend(WorkerBackend):
     def _await_all_ready(self) -> None:
         deadline = time.monotonic() + self._options.ready_timeout_s
         with concurrent.futures.ThreadPoolExecutor(len(self._channels)) as pool:
-            results = dict(zip(self._channels, pool.map(
-                lambda channel: _await_executor(channel, deadline), self._channels.values())))
+            results = dict(
+                zip(
+                    self._channels,
+                    pool.map(lambda channel: _await_executor(channel, deadline), self._channels.values()),
+                )
+            )
         problems = [
             f"{self._workers[worker_id].target} is {result.verdict.value} ({result.detail})"
             for worker_id, result in results.items()

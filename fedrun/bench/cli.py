@@ -17,10 +17,12 @@ from fedrun.bench.config import add_arguments, config_from_args
 
 def register(commands: argparse._SubParsersAction) -> None:
     bench = commands.add_parser(
-        "bench", help="benchmark fedrun against TFF's local context and a plain TF loop",
+        "bench",
+        help="benchmark fedrun against TFF's local context and a plain TF loop",
         description="Run one workload on fedrun, on TFF's single-process local context and on a "
-                    "plain TensorFlow loop, rounds interleaved; check they agree; print and save "
-                    "latency, throughput, CPU and memory.")
+        "plain TensorFlow loop, rounds interleaved; check they agree; print and save "
+        "latency, throughput, CPU and memory.",
+    )
     bench.add_argument("--debug", action="store_true", help="show tracebacks")
     add_arguments(bench)
     bench.set_defaults(handler=main)
@@ -35,8 +37,11 @@ def main(args: argparse.Namespace) -> int:
     if bench.out is not None:
         bench.out.write_text(json.dumps(result, indent=1, default=_jsonable) + "\n")
     if not result["agreement"]["passed"]:
-        print("fedrun bench: the systems did not reach the same model (see agreement above); the "
-              "timings compare different computations", file=sys.stderr)
+        print(
+            "fedrun bench: the systems did not reach the same model (see agreement above); the "
+            "timings compare different computations",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

@@ -23,7 +23,16 @@ import psutil
 
 from fedrun.bench.config import MEMORY_CHECKPOINT_ROUND, SYSTEMS, WORKLOAD_FLAGS, BenchConfig
 from fedrun.bench.process_tree import PeakMemorySampler
-from fedrun.bench.statistics import agreement, growth, median_run, ratios, scale_row, summarize, targets, time_split
+from fedrun.bench.statistics import (
+    agreement,
+    growth,
+    median_run,
+    ratios,
+    scale_row,
+    summarize,
+    targets,
+    time_split,
+)
 from fedrun.bench.systems import build_and_start, system_processes
 from fedrun.bench.tables import comparison_table, memory_table, repeats_table, scale_tables, targets_table
 from fedrun.config import BY_FLAG, RunConfig
@@ -33,10 +42,12 @@ def compare(bench: BenchConfig) -> dict[str, Any]:
     """The systems on the workload, rounds interleaved; checks they agree."""
     config = bench.workload
     workload = config.workload
-    specs = {"fedrun": ("fedrun", config),
-             "tff_local": ("tff_local", config.replace(workload={"client_loop": "reduce"})),
-             "tff_local_same_loop": ("tff_local", config),
-             "tf_loop": ("tf_loop", config)}
+    specs = {
+        "fedrun": ("fedrun", config),
+        "tff_local": ("tff_local", config.replace(workload={"client_loop": "reduce"})),
+        "tff_local_same_loop": ("tff_local", config),
+        "tf_loop": ("tf_loop", config),
+    }
     with PeakMemorySampler() as sampler, system_processes(specs, sampler) as children:
         setup = build_and_start(children)
         rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
@@ -46,14 +57,18 @@ def compare(bench: BenchConfig) -> dict[str, Any]:
         final = {s: sampler.sample(s) for s in SYSTEMS}
         weights = {s: children[s].call("weights") for s in SYSTEMS}
         test = children["tf_loop"].call("evaluate", weights)
-        systems = {s: summarize(setup[s], rounds[s], *sampler.peaks(s), dataclasses.asdict(final[s]))
-                   for s in SYSTEMS}
+        systems = {
+            s: summarize(setup[s], rounds[s], *sampler.peaks(s), dataclasses.asdict(final[s]))
+            for s in SYSTEMS
+        }
     systems["fedrun"]["time_split_ms"] = time_split(rounds["fedrun"])
     for s in SYSTEMS:
         systems[s]["test"] = test[s]
     return {
         "systems": systems,
-        "ratios": {f"fedrun_vs_{other}": ratios(systems, "fedrun", other) for other in SYSTEMS if other != "fedrun"},
+        "ratios": {
+            f"fedrun_vs_{other}": ratios(systems, "fedrun", other) for other in SYSTEMS if other != "fedrun"
+        },
         "agreement": agreement(weights, test),
     }
 
@@ -76,11 +91,13 @@ def scale(bench: BenchConfig) -> dict[str, Any]:
 
         widest = f"fedrun-{workers}"
         by_clients = _interleaved([(widest, k) for k in bench.scale_clients], bench.scale_rounds, run)
-        by_workers = _interleaved([(f"fedrun-{n}", workload.clients_per_round) for n in counts],
-                                  bench.scale_rounds, run)
+        by_workers = _interleaved(
+            [(f"fedrun-{n}", workload.clients_per_round) for n in counts], bench.scale_rounds, run
+        )
     clients_rows = [scale_row({"clients": k}, by_clients[(widest, k)]) for k in bench.scale_clients]
-    workers_rows = [scale_row({"workers": n}, by_workers[(f"fedrun-{n}", workload.clients_per_round)])
-                    for n in counts]
+    workers_rows = [
+        scale_row({"workers": n}, by_workers[(f"fedrun-{n}", workload.clients_per_round)]) for n in counts
+    ]
     for row in workers_rows:
         row["speedup_vs_1_worker"] = workers_rows[0]["round_latency_median_s"] / row["round_latency_median_s"]
     ks = np.array(bench.scale_clients, float)
@@ -91,8 +108,9 @@ def scale(bench: BenchConfig) -> dict[str, Any]:
             "workers": workers,
             "rows": clients_rows,
             # latency ~ K^exponent between the smallest and the largest K: <= 1 is at most linear.
-            "growth_exponent": (math.log(latencies[-1] / latencies[0]) / math.log(ks[-1] / ks[0])
-                                if len(ks) > 1 else 0.0),
+            "growth_exponent": (
+                math.log(latencies[-1] / latencies[0]) / math.log(ks[-1] / ks[0]) if len(ks) > 1 else 0.0
+            ),
             "linear_fit": {"fixed_s": float(intercept), "per_client_s": float(slope)},
         },
         "workers": {"clients_per_round": workload.clients_per_round, "rows": workers_rows},
@@ -104,8 +122,9 @@ def _rotated(names: Sequence[str], by: int) -> list[str]:
     return [*names[by:], *names[:by]]
 
 
-def _interleaved(points: list[tuple[str, int]], timed_rounds: int,
-                 run: Callable[[str, int], dict[str, Any]]) -> dict[tuple[str, int], list[dict[str, Any]]]:
+def _interleaved(
+    points: list[tuple[str, int]], timed_rounds: int, run: Callable[[str, int], dict[str, Any]]
+) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """One untimed round per point, then `timed_rounds` passes over all points in rotating order."""
     for name, clients in points:
         run(name, clients)
@@ -116,14 +135,19 @@ def _interleaved(points: list[tuple[str, int]], timed_rounds: int,
     return results
 
 
-def rounds_memory(bench: BenchConfig, on_progress: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+def rounds_memory(
+    bench: BenchConfig, on_progress: Callable[[str], None] = lambda line: None
+) -> dict[str, Any]:
     """fedrun's process-tree memory over a long run: the peak after round 10 and after the last
     round, and every process's PSS along the way (a leaking process grows)."""
     config = bench.workload
     workload = config.workload
     total = bench.rounds_memory
     every = max(1, total // 20)
-    with PeakMemorySampler() as sampler, system_processes({"fedrun": ("fedrun", config)}, sampler) as children:
+    with (
+        PeakMemorySampler() as sampler,
+        system_processes({"fedrun": ("fedrun", config)}, sampler) as children,
+    ):
         child = children["fedrun"]
         build_and_start(children)
         trace, peaks = [], {}
@@ -131,15 +155,22 @@ def rounds_memory(bench: BenchConfig, on_progress: Callable[[str], None] = lambd
             record = child.round(round_num, workload.clients_per_round)
             if round_num in (1, MEMORY_CHECKPOINT_ROUND, total) or round_num % every == 0:
                 memory = sampler.sample("fedrun")
-                trace.append({"round": round_num, "latency_s": record["latency_s"],
-                              **dataclasses.asdict(memory)})
-                on_progress(f"round {round_num:5d}  tree RSS {memory.rss / 2**20:7.0f} MiB  "
-                            f"PSS {memory.pss / 2**20:7.0f} MiB  latency {record['latency_s']:.2f}s")
+                trace.append(
+                    {"round": round_num, "latency_s": record["latency_s"], **dataclasses.asdict(memory)}
+                )
+                on_progress(
+                    f"round {round_num:5d}  tree RSS {memory.rss / 2**20:7.0f} MiB  "
+                    f"PSS {memory.pss / 2**20:7.0f} MiB  latency {record['latency_s']:.2f}s"
+                )
             if round_num in (MEMORY_CHECKPOINT_ROUND, total):
                 rss, pss = sampler.peaks("fedrun")
                 peaks[round_num] = {"peak_tree_rss_bytes": rss, "peak_tree_pss_bytes": pss}
-    return {"rounds": total, "peaks": {str(k): v for k, v in peaks.items()},
-            "growth": growth(trace), "trace": trace}
+    return {
+        "rounds": total,
+        "peaks": {str(k): v for k, v in peaks.items()},
+        "growth": growth(trace),
+        "trace": trace,
+    }
 
 
 def run_bench(bench: BenchConfig, print_line: Callable[[str], None] = print) -> dict[str, Any]:
@@ -153,7 +184,10 @@ def run_bench(bench: BenchConfig, print_line: Callable[[str], None] = print) -> 
     result.update(median_run(runs))
     if bench.repeat > 1:
         result["repeats"] = [{"ratios": run["ratios"], "agreement": run["agreement"]} for run in runs]
-        result["agreement"] = {**result["agreement"], "passed": all(run["agreement"]["passed"] for run in runs)}
+        result["agreement"] = {
+            **result["agreement"],
+            "passed": all(run["agreement"]["passed"] for run in runs),
+        }
         print_line(repeats_table(result["repeats"]))
     if bench.scale:
         result["scale"] = scale(bench)
@@ -174,5 +208,8 @@ def _workload_fields(config: RunConfig) -> dict[str, Any]:
 
 def _machine() -> dict[str, Any]:
     # Other processes' load distorts wall times (and favours whichever system has more threads).
-    return {"cpus": os.cpu_count(), "memory_bytes": psutil.virtual_memory().total,
-            "load_average_1m_at_start": os.getloadavg()[0]}
+    return {
+        "cpus": os.cpu_count(),
+        "memory_bytes": psutil.virtual_memory().total,
+        "load_average_1m_at_start": os.getloadavg()[0],
+    }

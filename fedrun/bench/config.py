@@ -11,13 +11,34 @@ from fedrun.config import RunConfig, add_config_flags, chosen_flags, flag_values
 from fedrun.errors import FedrunError
 
 SYSTEMS = ("fedrun", "tff_local", "tff_local_same_loop", "tf_loop")
-LABELS = {"fedrun": "fedrun", "tff_local": "TFF local context", "tff_local_same_loop": "TFF local, fedrun's loop",
-          "tf_loop": "TF loop"}
+LABELS = {
+    "fedrun": "fedrun",
+    "tff_local": "TFF local context",
+    "tff_local_same_loop": "TFF local, fedrun's loop",
+    "tf_loop": "TF loop",
+}
 # The run options `fedrun bench` takes, by flag; everything else keeps RunConfig's defaults.
-WORKLOAD_FLAGS = ("rounds", "clients-per-round", "epochs", "batch-size", "shuffle-buffer", "client-lr",
-                  "server-lr", "seed", "data", "data-dir", "population", "model", "eval-clients",
-                  "worker-isolation", "client-loop", "worker-max-concurrent-calls", "worker-intra-op-threads",
-                  "worker-inter-op-threads", "workers")
+WORKLOAD_FLAGS = (
+    "rounds",
+    "clients-per-round",
+    "epochs",
+    "batch-size",
+    "shuffle-buffer",
+    "client-lr",
+    "server-lr",
+    "seed",
+    "data",
+    "data-dir",
+    "population",
+    "model",
+    "eval-clients",
+    "worker-isolation",
+    "client-loop",
+    "worker-max-concurrent-calls",
+    "worker-intra-op-threads",
+    "worker-inter-op-threads",
+    "workers",
+)
 DEFAULT_SCALE_CLIENTS = (16, 32, 64, 128, 256, 512, 1024)
 MEMORY_CHECKPOINT_ROUND = 10  # --rounds-memory reports the peak after this round and after the last
 
@@ -52,31 +73,45 @@ class BenchConfig:
         config = self.workload
         w = config.workload
         if w.rounds < 2:
-            raise ValueError(f"rounds must be at least 2 (round 1 warms up; latency is measured on "
-                             f"the later rounds), got {w.rounds}")
+            raise ValueError(
+                f"rounds must be at least 2 (round 1 warms up; latency is measured on "
+                f"the later rounds), got {w.rounds}"
+            )
         if config.eval.clients < 1:
-            raise ValueError("eval_clients must be at least 1: the systems' final models are "
-                             "compared on the held-out clients")
+            raise ValueError(
+                "eval_clients must be at least 1: the systems' final models are "
+                "compared on the held-out clients"
+            )
         if config.workers.backend != "local":
-            raise ValueError(f"bench runs fedrun on local workers; backend {config.workers.backend!r} is "
-                             f"not supported")
-        plain_sgd = (w.client_optimizer, w.server_optimizer) == ("sgd", "sgd") and \
-            not w.client_momentum and not w.server_momentum
+            raise ValueError(
+                f"bench runs fedrun on local workers; backend {config.workers.backend!r} is not supported"
+            )
+        plain_sgd = (
+            (w.client_optimizer, w.server_optimizer) == ("sgd", "sgd")
+            and not w.client_momentum
+            and not w.server_momentum
+        )
         if not plain_sgd or config.data.placement != "workers":
-            raise ValueError("bench's TF loop implements FedAvg with plain client and server SGD on "
-                             "data built from client keys: keep the default optimizers and data_placement")
+            raise ValueError(
+                "bench's TF loop implements FedAvg with plain client and server SGD on "
+                "data built from client keys: keep the default optimizers and data_placement"
+            )
         if not self.scale_clients or min(self.scale_clients) < 1:
             raise ValueError(f"scale_clients must be positive client counts, got {self.scale_clients}")
         if self.scale and max(self.scale_clients) > config.data.population:
-            raise ValueError(f"scale_clients go up to {max(self.scale_clients)}, more than the population "
-                             f"({config.data.population}): raise --population or lower --scale-clients")
+            raise ValueError(
+                f"scale_clients go up to {max(self.scale_clients)}, more than the population "
+                f"({config.data.population}): raise --population or lower --scale-clients"
+            )
         if self.repeat < 1:
             raise ValueError(f"repeat must be at least 1, got {self.repeat}")
         if self.scale_rounds < 1:
             raise ValueError(f"scale_rounds must be at least 1, got {self.scale_rounds}")
         if self.rounds_memory and self.rounds_memory <= MEMORY_CHECKPOINT_ROUND:
-            raise ValueError(f"rounds_memory must be 0 (off) or more than {MEMORY_CHECKPOINT_ROUND} "
-                             f"rounds, got {self.rounds_memory}")
+            raise ValueError(
+                f"rounds_memory must be 0 (off) or more than {MEMORY_CHECKPOINT_ROUND} "
+                f"rounds, got {self.rounds_memory}"
+            )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,31 +119,66 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     benchmark's own."""
     add_config_flags(parser, only=WORKLOAD_FLAGS)
     parser.add_argument("--out", type=Path, metavar="FILE", help="write every number as JSON to FILE")
-    parser.add_argument("--scale", action="store_true",
-                        help="also measure round latency against clients per round and against workers")
-    parser.add_argument("--scale-clients", default=",".join(map(str, DEFAULT_SCALE_CLIENTS)), metavar="K,K,...",
-                        help="clients per round for --scale (default: %(default)s)")
-    parser.add_argument("--scale-rounds", type=int, default=3, metavar="INT",
-                        help="timed rounds per --scale point (default: %(default)s)")
-    parser.add_argument("--rounds-memory", type=int, default=0, metavar="ROUNDS",
-                        help="also run fedrun for ROUNDS rounds (e.g. 1000; long) and report its "
-                             "peak process-tree memory after round 10 and after the last")
-    parser.add_argument("--repeat", type=int, default=1, metavar="INT",
-                        help="run the comparison INT times and report the median one: this "
-                             "machine's speed drifts (default: %(default)s)")
+    parser.add_argument(
+        "--scale",
+        action="store_true",
+        help="also measure round latency against clients per round and against workers",
+    )
+    parser.add_argument(
+        "--scale-clients",
+        default=",".join(map(str, DEFAULT_SCALE_CLIENTS)),
+        metavar="K,K,...",
+        help="clients per round for --scale (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--scale-rounds",
+        type=int,
+        default=3,
+        metavar="INT",
+        help="timed rounds per --scale point (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--rounds-memory",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also run fedrun for ROUNDS rounds (e.g. 1000; long) and report its "
+        "peak process-tree memory after round 10 and after the last",
+    )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="INT",
+        help="run the comparison INT times and report the median one: this "
+        "machine's speed drifts (default: %(default)s)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> BenchConfig:
     try:
         scale_clients = tuple(int(k) for k in args.scale_clients.split(",") if k.strip())
     except ValueError:
-        raise FedrunError(f"--scale-clients must be comma-separated integers, got {args.scale_clients!r}") from None
-    flags = {"workers": os.cpu_count() or 1, **chosen_flags(args), "eval-every": 0,
-             "tensorboard": False, "progress": False}
+        raise FedrunError(
+            f"--scale-clients must be comma-separated integers, got {args.scale_clients!r}"
+        ) from None
+    flags = {
+        "workers": os.cpu_count() or 1,
+        **chosen_flags(args),
+        "eval-every": 0,
+        "tensorboard": False,
+        "progress": False,
+    }
     workload = resolve(flag_values(flags))
     try:
-        return BenchConfig(workload=workload, out=args.out, scale=args.scale, scale_clients=scale_clients,
-                           scale_rounds=args.scale_rounds, rounds_memory=args.rounds_memory,
-                           repeat=args.repeat)
+        return BenchConfig(
+            workload=workload,
+            out=args.out,
+            scale=args.scale,
+            scale_clients=scale_clients,
+            scale_rounds=args.scale_rounds,
+            rounds_memory=args.rounds_memory,
+            repeat=args.repeat,
+        )
     except ValueError as e:
         raise FedrunError(f"invalid benchmark configuration: {e}") from None

@@ -39,8 +39,9 @@ def tff_local_context() -> Iterator[None]:
             process.kill()
 
 
-def reference_training(algorithm: FederatedAlgorithm, source: ClientDataSource, *, seed: int,
-                       rounds: int, clients_per_round: int) -> tuple[Any, list[dict[str, float]]]:
+def reference_training(
+    algorithm: FederatedAlgorithm, source: ClientDataSource, *, seed: int, rounds: int, clients_per_round: int
+) -> tuple[Any, list[dict[str, float]]]:
     """All of each round's clients in one `next` call on the current TFF context."""
     state = algorithm.training.initialize()
     metrics = []

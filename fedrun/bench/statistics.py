@@ -8,8 +8,15 @@ from typing import Any
 
 import numpy as np
 
-from fedrun.bench.config import (FEDRUN_VS_TFF_MAX_WEIGHT_DIFF, MAX_TEST_ACCURACY_DIFF, MEMORY_CHECKPOINT_ROUND,
-                                 SYSTEMS, TARGET_PEAK_MEMORY_BYTES, TARGET_RATIO, TF_LOOP_MAX_WEIGHT_DIFF)
+from fedrun.bench.config import (
+    FEDRUN_VS_TFF_MAX_WEIGHT_DIFF,
+    MAX_TEST_ACCURACY_DIFF,
+    MEMORY_CHECKPOINT_ROUND,
+    SYSTEMS,
+    TARGET_PEAK_MEMORY_BYTES,
+    TARGET_RATIO,
+    TF_LOOP_MAX_WEIGHT_DIFF,
+)
 
 
 def _median(values: Sequence[float]) -> float:
@@ -20,8 +27,13 @@ def _p95(values: Sequence[float]) -> float:
     return float(np.percentile(values, 95))
 
 
-def summarize(setup: dict[str, float], rounds: list[dict[str, Any]], peak_rss: int, peak_pss: int,
-              final_memory: dict[str, Any]) -> dict[str, Any]:
+def summarize(
+    setup: dict[str, float],
+    rounds: list[dict[str, Any]],
+    peak_rss: int,
+    peak_pss: int,
+    final_memory: dict[str, Any],
+) -> dict[str, Any]:
     """One system's numbers. Round 1 (compilation, caches) is reported apart; the medians and
     rates are over the later, steady rounds."""
     steady = rounds[1:]
@@ -62,7 +74,9 @@ def time_split(rounds: list[dict[str, Any]]) -> dict[str, float]:
         "before_first_shard": median_ms(first_start),
         "shards": median_ms([b - a for a, b in zip(first_start, last_end)]),
         "last_worker_lead": median_ms([b - a for a, b in zip(first_end, last_end)]),
-        "merge_and_after_merge": median_ms([r["coordinator_latency_s"] - e for r, e in zip(steady, last_end)]),
+        "merge_and_after_merge": median_ms(
+            [r["coordinator_latency_s"] - e for r, e in zip(steady, last_end)]
+        ),
         "outside_train_round": median_ms([r["latency_s"] - r["coordinator_latency_s"] for r in steady]),
     }
 
@@ -71,8 +85,10 @@ def ratios(systems: dict[str, dict[str, Any]], numerator: str, denominator: str)
     """`numerator` / `denominator`: of median examples/s, and the median of per-round ratios of
     examples/s (rounds of the same number train the same clients and ran back to back)."""
     a, b = systems[numerator], systems[denominator]
-    paired = [ra["num_examples"] / ra["latency_s"] / (rb["num_examples"] / rb["latency_s"])
-              for ra, rb in zip(a["rounds"][1:], b["rounds"][1:])]
+    paired = [
+        ra["num_examples"] / ra["latency_s"] / (rb["num_examples"] / rb["latency_s"])
+        for ra, rb in zip(a["rounds"][1:], b["rounds"][1:])
+    ]
     return {
         "examples_per_s": a["examples_per_s"] / b["examples_per_s"],
         "examples_per_s_paired_median": _median(paired),
@@ -83,35 +99,53 @@ def ratios(systems: dict[str, dict[str, Any]], numerator: str, denominator: str)
 def agreement(weights: dict[str, list[np.ndarray]], test: dict[str, dict[str, float]]) -> dict[str, Any]:
     """Every system's final model against TFF's local context's (as the tutorial builds it)."""
     others = [s for s in SYSTEMS if s != "tff_local"]
-    diffs = {f"{s}_vs_tff_local_max_weight_diff": max(float(np.max(np.abs(x - y)))
-                                                      for x, y in zip(weights[s], weights["tff_local"]))
-             for s in others}
-    tolerances = {f"{s}_vs_tff_local_max_weight_diff":
-                  TF_LOOP_MAX_WEIGHT_DIFF if s == "tf_loop" else FEDRUN_VS_TFF_MAX_WEIGHT_DIFF for s in others}
+    diffs = {
+        f"{s}_vs_tff_local_max_weight_diff": max(
+            float(np.max(np.abs(x - y))) for x, y in zip(weights[s], weights["tff_local"])
+        )
+        for s in others
+    }
+    tolerances = {
+        f"{s}_vs_tff_local_max_weight_diff": TF_LOOP_MAX_WEIGHT_DIFF
+        if s == "tf_loop"
+        else FEDRUN_VS_TFF_MAX_WEIGHT_DIFF
+        for s in others
+    }
     accuracy_diff = max(abs(test[s]["accuracy"] - test["tff_local"]["accuracy"]) for s in SYSTEMS)
     return {
         **diffs,
         "test_accuracy": {s: test[s]["accuracy"] for s in SYSTEMS},
         "test_accuracy_max_diff": accuracy_diff,
         "tolerances": {**tolerances, "test_accuracy_max_diff": MAX_TEST_ACCURACY_DIFF},
-        "passed": (all(diffs[name] <= tolerances[name] for name in diffs)
-                   and accuracy_diff <= MAX_TEST_ACCURACY_DIFF),
+        "passed": (
+            all(diffs[name] <= tolerances[name] for name in diffs) and accuracy_diff <= MAX_TEST_ACCURACY_DIFF
+        ),
     }
 
 
-def targets(systems: dict[str, dict[str, Any]], fedrun_vs: dict[str, dict[str, float]],
-            scale: dict[str, Any] | None) -> dict[str, dict[str, Any]]:
+def targets(
+    systems: dict[str, dict[str, Any]], fedrun_vs: dict[str, dict[str, float]], scale: dict[str, Any] | None
+) -> dict[str, dict[str, Any]]:
     fedrun, tff_local = systems["fedrun"], systems["tff_local"]
     checks = {
-        f"examples_per_s_vs_{other}": (fedrun_vs[other]["examples_per_s"], f">= {TARGET_RATIO}",
-                                       fedrun_vs[other]["examples_per_s"] >= TARGET_RATIO)
-        for other in SYSTEMS if other != "fedrun"
+        f"examples_per_s_vs_{other}": (
+            fedrun_vs[other]["examples_per_s"],
+            f">= {TARGET_RATIO}",
+            fedrun_vs[other]["examples_per_s"] >= TARGET_RATIO,
+        )
+        for other in SYSTEMS
+        if other != "fedrun"
     } | {
-        "start_to_first_round_s": (fedrun["start_to_first_round_s"],
-                                   f"<= TFF local's {tff_local['start_to_first_round_s']:.2f}",
-                                   fedrun["start_to_first_round_s"] <= tff_local["start_to_first_round_s"]),
-        "peak_tree_rss_bytes": (fedrun["peak_tree_rss_bytes"], f"<= {TARGET_PEAK_MEMORY_BYTES}",
-                                fedrun["peak_tree_rss_bytes"] <= TARGET_PEAK_MEMORY_BYTES),
+        "start_to_first_round_s": (
+            fedrun["start_to_first_round_s"],
+            f"<= TFF local's {tff_local['start_to_first_round_s']:.2f}",
+            fedrun["start_to_first_round_s"] <= tff_local["start_to_first_round_s"],
+        ),
+        "peak_tree_rss_bytes": (
+            fedrun["peak_tree_rss_bytes"],
+            f"<= {TARGET_PEAK_MEMORY_BYTES}",
+            fedrun["peak_tree_rss_bytes"] <= TARGET_PEAK_MEMORY_BYTES,
+        ),
     }
     if scale is not None:
         exponent = scale["clients"]["growth_exponent"]
@@ -139,8 +173,10 @@ def growth(trace: list[dict[str, Any]]) -> dict[str, float]:
     span = max(1, last["round"] - first["round"])
 
     throughout = first["processes"].keys() & last["processes"].keys()
-    return {name: 100 * (last["processes"][name]["rss"] - first["processes"][name]["rss"]) / span
-            for name in sorted(throughout)} | {"tree": 100 * (last["rss"] - first["rss"]) / span}
+    return {
+        name: 100 * (last["processes"][name]["rss"] - first["processes"][name]["rss"]) / span
+        for name in sorted(throughout)
+    } | {"tree": 100 * (last["rss"] - first["rss"]) / span}
 
 
 def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -25,9 +25,9 @@ from typing import Any
 import numpy as np
 import psutil
 
+from fedrun.bench.process_tree import PeakMemorySampler, tree_cpu_seconds
 from fedrun.config import RunConfig
 from fedrun.errors import FedrunError
-from fedrun.bench.process_tree import PeakMemorySampler, tree_cpu_seconds
 
 
 class _TffSystem:
@@ -71,11 +71,21 @@ class _Fedrun(_TffSystem):
         cohort = UniformSelector(self.source, self.workload.workload.seed, clients).select(round_num, 0.0)
         outcome = self.runtime.train(round_num, self.state, self.policy.plan(round_num, cohort).training)
         self.state = outcome.state
-        return {**outcome.metrics, "clients": clients, "bytes_to_workers": outcome.traffic.sent,
-                "coordinator_latency_s": outcome.wall_s,
-                "shards": [{"worker": run.timing.worker, "examples": int(sum(cohort.sizes[p] for p in run.shard.positions)),
-                            "start": run.timing.start - outcome.start, "end": run.timing.end - outcome.start}
-                           for run in outcome.shards]}
+        return {
+            **outcome.metrics,
+            "clients": clients,
+            "bytes_to_workers": outcome.traffic.sent,
+            "coordinator_latency_s": outcome.wall_s,
+            "shards": [
+                {
+                    "worker": run.timing.worker,
+                    "examples": int(sum(cohort.sizes[p] for p in run.shard.positions)),
+                    "start": run.timing.start - outcome.start,
+                    "end": run.timing.end - outcome.start,
+                }
+                for run in outcome.shards
+            ],
+        }
 
 
 class _TffLocal(_TffSystem):
@@ -102,7 +112,11 @@ class _TfLoop:
 
     def __init__(self, workload: RunConfig):
         from fedrun.bench.tf_loop import TfLoopFedAvg
-        from fedrun.data.preprocessing import Preprocessing, eval_dataset_computation, train_dataset_computation
+        from fedrun.data.preprocessing import (
+            Preprocessing,
+            eval_dataset_computation,
+            train_dataset_computation,
+        )
         from fedrun.learning.models import ModelSpec, create_model_fn
         from fedrun.loop.simulation import open_source
 
@@ -112,11 +126,18 @@ class _TfLoop:
         prep = Preprocessing(epochs=w.epochs, batch_size=w.batch_size, shuffle_buffer=w.shuffle_buffer)
         train_data = train_dataset_computation(self.source, prep)
         # As fedrun.learning builds it, so that the three systems train the same model.
-        spec = ModelSpec(train_data.type_signature.result.element,
-                         tuple(self.source.element_spec[0].shape), self.source.num_classes)
-        self.loop = TfLoopFedAvg(create_model_fn(w.model, spec), train_data,
-                                 eval_dataset_computation(self.source, prep),
-                                 client_lr=w.client_lr, server_lr=w.server_lr)
+        spec = ModelSpec(
+            train_data.type_signature.result.element,
+            tuple(self.source.element_spec[0].shape),
+            self.source.num_classes,
+        )
+        self.loop = TfLoopFedAvg(
+            create_model_fn(w.model, spec),
+            train_data,
+            eval_dataset_computation(self.source, prep),
+            client_lr=w.client_lr,
+            server_lr=w.server_lr,
+        )
 
     def start(self) -> None:
         self._weights = self.loop.initial_weights
@@ -143,7 +164,11 @@ class _TfLoop:
         pass
 
 
-_KINDS: dict[str, Callable[[RunConfig], Any]] = {"fedrun": _Fedrun, "tff_local": _TffLocal, "tf_loop": _TfLoop}
+_KINDS: dict[str, Callable[[RunConfig], Any]] = {
+    "fedrun": _Fedrun,
+    "tff_local": _TffLocal,
+    "tf_loop": _TfLoop,
+}
 
 
 def _serve(conn: multiprocessing.connection.Connection, kind: str, workload: RunConfig) -> None:
@@ -166,6 +191,7 @@ def _serve(conn: multiprocessing.connection.Connection, kind: str, workload: Run
                 start = time.monotonic()
                 if command == "build":
                     import tensorflow_federated  # noqa: F401  (timed apart from the build)
+
                     imported = time.monotonic()
                     system = _KINDS[kind](workload)
                     reply = {"import_s": imported - start, "build_s": time.monotonic() - imported}
@@ -194,8 +220,9 @@ class SystemProcess:
         self.name = name
         context = multiprocessing.get_context("spawn")  # no forked copy of the parent's threads
         self._conn, child_conn = context.Pipe()
-        self.process = context.Process(target=_serve, args=(child_conn, kind, workload),
-                                       name=f"fedrun-bench-{name}", daemon=True)
+        self.process = context.Process(
+            target=_serve, args=(child_conn, kind, workload), name=f"fedrun-bench-{name}", daemon=True
+        )
         self.process.start()
         child_conn.close()
 
@@ -208,8 +235,10 @@ class SystemProcess:
         try:
             status, value = self._conn.recv()
         except (EOFError, ConnectionResetError):
-            raise FedrunError(f"bench system {self.name} exited with code {self.process.exitcode} "
-                              f"during {command!r}; rerun with --debug and check its output") from None
+            raise FedrunError(
+                f"bench system {self.name} exited with code {self.process.exitcode} "
+                f"during {command!r}; rerun with --debug and check its output"
+            ) from None
         if status == "error":
             raise FedrunError(f"bench system {self.name} failed during {command!r}:\n{value}")
         return value
@@ -241,12 +270,17 @@ class SystemProcess:
             with contextlib.suppress(psutil.NoSuchProcess):
                 process.kill()
         if left or self.process.exitcode != 0:
-            print(f"fedrun bench: system {self.name} exited with code {self.process.exitcode} and left "
-                  f"{len(left)} processes running (now killed)", file=sys.stderr)
+            print(
+                f"fedrun bench: system {self.name} exited with code {self.process.exitcode} and left "
+                f"{len(left)} processes running (now killed)",
+                file=sys.stderr,
+            )
 
 
 @contextlib.contextmanager
-def system_processes(specs: dict[str, tuple[str, RunConfig]], sampler: PeakMemorySampler) -> Iterator[dict[str, SystemProcess]]:
+def system_processes(
+    specs: dict[str, tuple[str, RunConfig]], sampler: PeakMemorySampler
+) -> Iterator[dict[str, SystemProcess]]:
     children: dict[str, SystemProcess] = {}
     try:
         for name, (kind, workload) in specs.items():

@@ -11,8 +11,12 @@ from fedrun.bench.config import LABELS, MEMORY_CHECKPOINT_ROUND, SYSTEMS
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     lines = [header, ["-" * w for w in widths], *rows]
-    return "\n".join("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w)
-                               for i, (c, w) in enumerate(zip(line, widths))) for line in lines)
+    return "\n".join(
+        "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(line, widths))
+        )
+        for line in lines
+    )
 
 
 def _mib(n: float) -> str:
@@ -41,63 +45,99 @@ def comparison_table(result: dict[str, Any]) -> str:
     a, r = result["agreement"], result["ratios"]
     notes = [
         f"workload: K={workload['clients_per_round']} clients/round, {workload['epochs']} epochs, batch "
-        f"{workload['batch_size']}, {workload['rounds']} rounds, {workload['model']} model, {workload['data']} "
-        f"data; rounds interleaved; medians over rounds 2-{workload['rounds']}",
+        f"{workload['batch_size']}, {workload['rounds']} rounds, {workload['model']} model, "
+        f"{workload['data']} data; rounds interleaved; medians over rounds 2-{workload['rounds']}",
         f"TFF local context: FedAvg as the tutorial builds it (client loop dataset.reduce); TFF local, "
         f"fedrun's loop: the same with client_loop={workload['client_loop']}",
-        *(f"fedrun / {LABELS[other]}: {r[f'fedrun_vs_{other}']['examples_per_s']:.2f}x examples/s "
-          f"(per-round pairs: {r[f'fedrun_vs_{other}']['examples_per_s_paired_median']:.2f}x)"
-          for other in SYSTEMS[1:]),
-        "fedrun's round (medians): " + ", ".join(
-            f"{name.replace('_', ' ')} {ms:.0f} ms" for name, ms in systems["fedrun"]["time_split_ms"].items()),
+        *(
+            f"fedrun / {LABELS[other]}: {r[f'fedrun_vs_{other}']['examples_per_s']:.2f}x examples/s "
+            f"(per-round pairs: {r[f'fedrun_vs_{other}']['examples_per_s_paired_median']:.2f}x)"
+            for other in SYSTEMS[1:]
+        ),
+        "fedrun's round (medians): "
+        + ", ".join(
+            f"{name.replace('_', ' ')} {ms:.0f} ms" for name, ms in systems["fedrun"]["time_split_ms"].items()
+        ),
         "agreement with TFF local context: max |w - w_tff| "
-        + ", ".join(f"{LABELS[s]} {a[f'{s}_vs_tff_local_max_weight_diff']:.1e}" for s in SYSTEMS if s != "tff_local")
+        + ", ".join(
+            f"{LABELS[s]} {a[f'{s}_vs_tff_local_max_weight_diff']:.1e}" for s in SYSTEMS if s != "tff_local"
+        )
         + f"; test accuracy spread {a['test_accuracy_max_diff']:.1e}: {'OK' if a['passed'] else 'FAILED'}",
-        f"machine: {result['machine']['cpus']} cores, load average {result['machine']['load_average_1m_at_start']:.1f} "
-        f"at start (other processes' load makes wall times unreliable; CPU time per example is not)",
+        f"machine: {result['machine']['cpus']} cores, load average "
+        f"{result['machine']['load_average_1m_at_start']:.1f} at start (other processes' load makes wall "
+        f"times unreliable; CPU time per example is not)",
     ]
     return _table(header, rows) + "\n\n" + "\n".join(notes)
 
 
 def scale_tables(scale_result: dict[str, Any]) -> str:
     by_k = scale_result["clients"]
-    k_rows = [[str(r["clients"]), f"{r['round_latency_median_s']:.3f}", f"{r['ms_per_client']:.2f}",
-               f"{r['examples_per_s']:.0f}", f"{r['cpu_cores_busy']:.2f}"] for r in by_k["rows"]]
+    k_rows = [
+        [
+            str(r["clients"]),
+            f"{r['round_latency_median_s']:.3f}",
+            f"{r['ms_per_client']:.2f}",
+            f"{r['examples_per_s']:.0f}",
+            f"{r['cpu_cores_busy']:.2f}",
+        ]
+        for r in by_k["rows"]
+    ]
     by_w = scale_result["workers"]
-    w_rows = [[str(r["workers"]), f"{r['round_latency_median_s']:.3f}", f"{r['speedup_vs_1_worker']:.2f}",
-               f"{r['examples_per_s']:.0f}", f"{r['cpu_cores_busy']:.2f}"] for r in by_w["rows"]]
+    w_rows = [
+        [
+            str(r["workers"]),
+            f"{r['round_latency_median_s']:.3f}",
+            f"{r['speedup_vs_1_worker']:.2f}",
+            f"{r['examples_per_s']:.0f}",
+            f"{r['cpu_cores_busy']:.2f}",
+        ]
+        for r in by_w["rows"]
+    ]
     fit = by_k["linear_fit"]
-    return "\n".join([
-        f"round latency vs clients per round (fedrun, {by_k['workers']} workers)",
-        _table(["K", "latency s", "ms/client", "examples/s", "cores busy"], k_rows),
-        f"latency ~ K^{by_k['growth_exponent']:.2f} from K={by_k['rows'][0]['clients']} to "
-        f"{by_k['rows'][-1]['clients']}; linear fit {fit['fixed_s']:.3f} s + {1000 * fit['per_client_s']:.2f} ms/client",
-        "",
-        f"round latency vs workers (fedrun, K={by_w['clients_per_round']})",
-        _table(["workers", "latency s", "speed-up", "examples/s", "cores busy"], w_rows),
-    ])
+    return "\n".join(
+        [
+            f"round latency vs clients per round (fedrun, {by_k['workers']} workers)",
+            _table(["K", "latency s", "ms/client", "examples/s", "cores busy"], k_rows),
+            f"latency ~ K^{by_k['growth_exponent']:.2f} from K={by_k['rows'][0]['clients']} to "
+            f"{by_k['rows'][-1]['clients']}; linear fit {fit['fixed_s']:.3f} s + "
+            f"{1000 * fit['per_client_s']:.2f} ms/client",
+            "",
+            f"round latency vs workers (fedrun, K={by_w['clients_per_round']})",
+            _table(["workers", "latency s", "speed-up", "examples/s", "cores busy"], w_rows),
+        ]
+    )
 
 
 def memory_table(memory: dict[str, Any]) -> str:
-    rows = [[f"after round {k}", _mib(v["peak_tree_rss_bytes"]), _mib(v["peak_tree_pss_bytes"])]
-            for k, v in memory["peaks"].items()]
+    rows = [
+        [f"after round {k}", _mib(v["peak_tree_rss_bytes"]), _mib(v["peak_tree_pss_bytes"])]
+        for k, v in memory["peaks"].items()
+    ]
     growth = "; ".join(f"{name}: {rate / 2**20:+.1f} MiB" for name, rate in memory["growth"].items())
-    return (f"fedrun process-tree memory over {memory['rounds']} rounds\n"
-            + _table(["", "peak RSS", "peak PSS"], rows)
-            + f"\nRSS growth per 100 rounds after round {MEMORY_CHECKPOINT_ROUND} (tree, and processes alive "
-              f"throughout): {growth}")
+    return (
+        f"fedrun process-tree memory over {memory['rounds']} rounds\n"
+        + _table(["", "peak RSS", "peak PSS"], rows)
+        + f"\nRSS growth per 100 rounds after round {MEMORY_CHECKPOINT_ROUND} (tree, and processes alive "
+        f"throughout): {growth}"
+    )
 
 
 def repeats_table(repeats: list[dict[str, Any]]) -> str:
     others = [s for s in SYSTEMS if s != "fedrun"]
-    rows = [[str(i + 1), *(f"{run['ratios'][f'fedrun_vs_{o}']['examples_per_s']:.2f}x" for o in others)]
-            for i, run in enumerate(repeats)]
-    return (f"fedrun's examples/s over {len(repeats)} comparisons (the median one by the TF loop "
-            f"ratio is reported and checked against the targets)\n"
-            + _table(["run", *(f"/ {LABELS[o]}" for o in others)], rows))
+    rows = [
+        [str(i + 1), *(f"{run['ratios'][f'fedrun_vs_{o}']['examples_per_s']:.2f}x" for o in others)]
+        for i, run in enumerate(repeats)
+    ]
+    return (
+        f"fedrun's examples/s over {len(repeats)} comparisons (the median one by the TF loop "
+        f"ratio is reported and checked against the targets)\n"
+        + _table(["run", *(f"/ {LABELS[o]}" for o in others)], rows)
+    )
 
 
 def targets_table(checks: dict[str, dict[str, Any]]) -> str:
-    rows = [[name, f"{c['value']:.3g}", c["target"], "met" if c["met"] else "MISSED"]
-            for name, c in checks.items()]
+    rows = [
+        [name, f"{c['value']:.3g}", c["target"], "met" if c["met"] else "MISSED"]
+        for name, c in checks.items()
+    ]
     return "targets\n" + _table(["", "measured", "target", ""], rows)

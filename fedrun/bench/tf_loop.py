@@ -41,8 +41,11 @@ def dataset_from_computation(comp: tff.Computation) -> Callable[[tf.Tensor], tf.
 
     def build(key: tf.Tensor) -> tf.data.Dataset:
         [variant] = tf.graph_util.import_graph_def(
-            graph_def, input_map={proto.parameter.tensor.tensor_name: key},
-            return_elements=[proto.result.sequence.variant_tensor_name], name="client_data")
+            graph_def,
+            input_map={proto.parameter.tensor.tensor_name: key},
+            return_elements=[proto.result.sequence.variant_tensor_name],
+            name="client_data",
+        )
         return tf.data.experimental.from_variant(variant, element_spec)
 
     return build
@@ -51,8 +54,14 @@ def dataset_from_computation(comp: tff.Computation) -> Callable[[tf.Tensor], tf.
 class TfLoopFedAvg:
     """Weighted FedAvg with client and server SGD, one client after another in this process."""
 
-    def __init__(self, model_fn: ModelFn, train_data: tff.Computation, eval_data: tff.Computation,
-                 client_lr: float, server_lr: float):
+    def __init__(
+        self,
+        model_fn: ModelFn,
+        train_data: tff.Computation,
+        eval_data: tff.Computation,
+        client_lr: float,
+        server_lr: float,
+    ):
         self._model = model_fn()
         self._server_lr = server_lr
         variables = self._model.trainable_variables
@@ -98,8 +107,9 @@ class TfLoopFedAvg:
             for delta_sum, w, t in zip(delta_sums, weights, trained):
                 delta_sum += client_totals[0] * (w - t.numpy())
             totals += client_totals
-        new_weights = [(w - self._server_lr * d / totals[0]).astype(np.float32)
-                       for w, d in zip(weights, delta_sums)]
+        new_weights = [
+            (w - self._server_lr * d / totals[0]).astype(np.float32) for w, d in zip(weights, delta_sums)
+        ]
         return LoopRound(new_weights, _metrics(totals))
 
     def evaluate(self, weights: Sequence[np.ndarray], keys: Sequence[str]) -> dict[str, float]:
@@ -126,12 +136,16 @@ def _sum_over(dataset: tf.data.Dataset, step: Callable[[Any], tf.Tensor]) -> tf.
     _, totals = tf.while_loop(
         lambda batch, totals: batch.has_value(),
         lambda batch, totals: (batches.get_next_as_optional(), totals + step(batch.get_value())),
-        [batches.get_next_as_optional(), tf.zeros([3])])
+        [batches.get_next_as_optional(), tf.zeros([3])],
+    )
     return totals
 
 
 def _metrics(totals: np.ndarray) -> dict[str, float]:
     """What TFF's learning metrics report: example-weighted loss and accuracy, and the count."""
     num_examples, loss_sum, correct = totals
-    return {"loss": float(loss_sum / num_examples), "accuracy": float(correct / num_examples),
-            "num_examples": int(num_examples)}
+    return {
+        "loss": float(loss_sum / num_examples),
+        "accuracy": float(correct / num_examples),
+        "num_examples": int(num_examples),
+    }

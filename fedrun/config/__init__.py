@@ -9,11 +9,31 @@ from fedrun.config.fields import FieldInfo
 from fedrun.config.files import config_toml, flag_values, read_config_file
 from fedrun.config.flags import add_config_flags, chosen_flags
 from fedrun.config.run_config import BY_FLAG, FIELDS, SECTIONS, RunConfig, resolve
-from fedrun.config.sections import (DataConfig, DispatchConfig, EvalConfig, ObserveConfig, OutputConfig,
-                                    Workload)
+from fedrun.config.sections import (
+    DataConfig,
+    DispatchConfig,
+    EvalConfig,
+    ObserveConfig,
+    OutputConfig,
+    Workload,
+)
 
 __all__ = [
-    "BY_FLAG", "FIELDS", "SECTIONS", "DataConfig", "DispatchConfig", "EvalConfig", "FieldInfo",
-    "ObserveConfig", "OutputConfig", "RunConfig", "Workload", "add_config_flags", "chosen_flags",
-    "config_toml", "flag_values", "read_config_file", "resolve",
+    "BY_FLAG",
+    "FIELDS",
+    "SECTIONS",
+    "DataConfig",
+    "DispatchConfig",
+    "EvalConfig",
+    "FieldInfo",
+    "ObserveConfig",
+    "OutputConfig",
+    "RunConfig",
+    "Workload",
+    "add_config_flags",
+    "chosen_flags",
+    "config_toml",
+    "flag_values",
+    "read_config_file",
+    "resolve",
 ]

@@ -14,7 +14,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from cluster.settings import setting
+from cluster import setting
 
 
 def option(default: Any, help: str, *, decides_result: bool = False, **kwargs: Any) -> Any:
@@ -60,17 +60,19 @@ def section_fields(section_name: str, section_type: type) -> list[FieldInfo]:
     infos = []
     for field in dataclasses.fields(section_type):
         meta = field.metadata
-        infos.append(FieldInfo(
-            section=section_name,
-            name=field.name,
-            type=_plain(hints[field.name]),
-            default=field.default,
-            flag=meta.get("flag") or field.name.replace("_", "-"),
-            help=meta["help"],
-            unit=meta.get("unit"),
-            decides_result=meta.get("decides_result", False),
-            _choices=meta.get("choices"),
-        ))
+        infos.append(
+            FieldInfo(
+                section=section_name,
+                name=field.name,
+                type=_plain(hints[field.name]),
+                default=field.default,
+                flag=meta.get("flag") or field.name.replace("_", "-"),
+                help=meta["help"],
+                unit=meta.get("unit"),
+                decides_result=meta.get("decides_result", False),
+                _choices=meta.get("choices"),
+            )
+        )
     return infos
 
 

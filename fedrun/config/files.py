@@ -33,11 +33,19 @@ def read_config_file(path: Path) -> dict[str, dict[str, Any]]:
     tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
     flat = {k: v for k, v in raw.items() if not isinstance(v, dict)}
     if tables and flat:
-        raise FedrunError(f"{origin} mixes top-level keys ({', '.join(flat)}) with tables; put each "
-                          f"key in its table, e.g.\n{_new_form(flat, origin)}")
-    placed = ([(_flat_field(key, origin), value) for key, value in flat.items()] if flat else
-              [(_table_field(table, key, origin), value) for table, values in tables.items()
-               for key, value in values.items()])
+        raise FedrunError(
+            f"{origin} mixes top-level keys ({', '.join(flat)}) with tables; put each "
+            f"key in its table, e.g.\n{_new_form(flat, origin)}"
+        )
+    placed = (
+        [(_flat_field(key, origin), value) for key, value in flat.items()]
+        if flat
+        else [
+            (_table_field(table, key, origin), value)
+            for table, values in tables.items()
+            for key, value in values.items()
+        ]
+    )
     values: dict[str, dict[str, Any]] = {}
     for info, value in placed:
         try:
@@ -49,8 +57,12 @@ def read_config_file(path: Path) -> dict[str, dict[str, Any]]:
 
 def config_toml(config: RunConfig) -> str:
     """The resolved configuration as a file `--config` reads back to the same RunConfig."""
-    return tomli_w.dumps({name: {k: str(v) if isinstance(v, Path) else v for k, v in table.items()}
-                          for name, table in config.as_tables().items()})
+    return tomli_w.dumps(
+        {
+            name: {k: str(v) if isinstance(v, Path) else v for k, v in table.items()}
+            for name, table in config.as_tables().items()
+        }
+    )
 
 
 def flag_values(flags: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -67,23 +79,31 @@ def flag_values(flags: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 def _flat_field(key: str, origin: str) -> FieldInfo:
     if key not in _BY_KEY:
-        raise FedrunError(f"{origin}: unknown key {key!r}{_suggestion(key, _BY_KEY)}; valid keys are "
-                          f"listed by `fedrun run --help`")
+        raise FedrunError(
+            f"{origin}: unknown key {key!r}{_suggestion(key, _BY_KEY)}; valid keys are "
+            f"listed by `fedrun run --help`"
+        )
     return _BY_KEY[key]
 
 
 def _table_field(table: str, key: str, origin: str) -> FieldInfo:
     if table not in SECTIONS:
-        raise FedrunError(f"{origin}: unknown table [{table}]{_suggestion(table, SECTIONS)}; tables are "
-                          f"{', '.join(f'[{name}]' for name in SECTIONS)}")
+        raise FedrunError(
+            f"{origin}: unknown table [{table}]{_suggestion(table, SECTIONS)}; tables are "
+            f"{', '.join(f'[{name}]' for name in SECTIONS)}"
+        )
     info = _BY_PLACE.get((table, key))
     if info is None:
         known = [name for section, name in _BY_PLACE if section == table]
         elsewhere = _BY_KEY.get(key) or next((i for i in FIELDS if i.name == key), None)
-        hint = (f"; it belongs in [{elsewhere.section}] as {elsewhere.name}" if elsewhere
-                else _suggestion(key, known))
-        raise FedrunError(f"{origin}: unknown key {key!r} in [{table}]{hint}; [{table}] has "
-                          f"{', '.join(known)}")
+        hint = (
+            f"; it belongs in [{elsewhere.section}] as {elsewhere.name}"
+            if elsewhere
+            else _suggestion(key, known)
+        )
+        raise FedrunError(
+            f"{origin}: unknown key {key!r} in [{table}]{hint}; [{table}] has {', '.join(known)}"
+        )
     return info
 
 

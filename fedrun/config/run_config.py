@@ -7,9 +7,15 @@ from typing import Any
 
 from cluster import ClusterSettings, RaySettings, WorkerError, WorkerSettings, backend_options
 from fedrun.config.fields import FieldInfo, check_choices, section_fields
+from fedrun.config.sections import (
+    DataConfig,
+    DispatchConfig,
+    EvalConfig,
+    ObserveConfig,
+    OutputConfig,
+    Workload,
+)
 from fedrun.errors import FedrunError
-from fedrun.config.sections import (DataConfig, DispatchConfig, EvalConfig, ObserveConfig, OutputConfig,
-                                    Workload)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,8 +39,10 @@ class RunConfig:
             check_choices(info, self.value(info))
         workload, data = self.workload, self.data
         if data.source == "synthetic" and workload.clients_per_round > data.population:
-            raise ValueError(f"clients_per_round ({workload.clients_per_round}) exceeds the population "
-                             f"({data.population}): lower --clients-per-round or raise --population")
+            raise ValueError(
+                f"clients_per_round ({workload.clients_per_round}) exceeds the population "
+                f"({data.population}): lower --clients-per-round or raise --population"
+            )
         try:
             backend_options(self.cluster)  # the chosen backend checks its own options
         except WorkerError as error:
@@ -53,8 +61,10 @@ class RunConfig:
 
     def replace(self, **sections: dict[str, Any]) -> RunConfig:
         """A copy with some fields of some sections changed: replace(workload={"rounds": 3})."""
-        return dataclasses.replace(self, **{
-            name: dataclasses.replace(getattr(self, name), **fields) for name, fields in sections.items()})
+        return dataclasses.replace(
+            self,
+            **{name: dataclasses.replace(getattr(self, name), **fields) for name, fields in sections.items()},
+        )
 
     def result_differences(self, other: RunConfig) -> list[FieldInfo]:
         """The fields that decide the result and differ (what `--resume` may not change)."""
@@ -78,5 +88,7 @@ def resolve(*layers: dict[str, dict[str, Any]]) -> RunConfig:
 
 
 SECTIONS: dict[str, type] = {field.name: type(field.default) for field in dataclasses.fields(RunConfig)}
-FIELDS: list[FieldInfo] = [info for name, section in SECTIONS.items() for info in section_fields(name, section)]
+FIELDS: list[FieldInfo] = [
+    info for name, section in SECTIONS.items() for info in section_fields(name, section)
+]
 BY_FLAG: dict[str, FieldInfo] = {info.flag: info for info in FIELDS}

@@ -40,24 +40,32 @@ class Workload:
 
     # Not `decides_result`: resuming may raise it to run more rounds.
     rounds: int = option(10, "training rounds to run")
-    clients_per_round: int = option(32, "clients sampled per round, without replacement",
-                                    decides_result=True)
+    clients_per_round: int = option(32, "clients sampled per round, without replacement", decides_result=True)
     epochs: int = option(5, "local epochs each client trains", decides_result=True)
     batch_size: int = option(32, "examples per local training batch", decides_result=True)
-    shuffle_buffer: int = option(1000, "shuffle buffer of each client's dataset", unit="examples",
-                                 decides_result=True)
+    shuffle_buffer: int = option(
+        1000, "shuffle buffer of each client's dataset", unit="examples", decides_result=True
+    )
     client_lr: float = option(0.01, "client optimizer learning rate", decides_result=True)
     server_lr: float = option(1.0, "server optimizer learning rate", decides_result=True)
     seed: int = option(0, "seed of client sampling and shuffling", decides_result=True)
     model: str = option("linear", "the model to train", choices=names(MODELS), decides_result=True)
-    client_optimizer: str = option("sgd", "optimizer of local training", choices=names(OPTIMIZERS),
-                                   decides_result=True)
+    client_optimizer: str = option(
+        "sgd", "optimizer of local training", choices=names(OPTIMIZERS), decides_result=True
+    )
     client_momentum: float = option(0.0, "client SGD momentum (sgd only)", decides_result=True)
-    server_optimizer: str = option("sgd", "optimizer of the server update (adam: FedAdam)",
-                                   choices=names(OPTIMIZERS), decides_result=True)
+    server_optimizer: str = option(
+        "sgd",
+        "optimizer of the server update (adam: FedAdam)",
+        choices=names(OPTIMIZERS),
+        decides_result=True,
+    )
     server_momentum: float = option(0.0, "server SGD momentum (sgd only)", decides_result=True)
-    client_loop: str = option("iterator", "how a client steps through its batches inside TFF's "
-                              "client update (same model either way)", choices=names(CLIENT_LOOPS))
+    client_loop: str = option(
+        "iterator",
+        "how a client steps through its batches inside TFF's client update (same model either way)",
+        choices=names(CLIENT_LOOPS),
+    )
 
     def __post_init__(self) -> None:
         _at_least_one(self, "rounds", "clients_per_round", "epochs", "batch_size", "shuffle_buffer")
@@ -67,24 +75,38 @@ class Workload:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed}")
         for side in ("client", "server"):
             if getattr(self, f"{side}_optimizer") != "sgd" and getattr(self, f"{side}_momentum"):
-                raise ValueError(f"{side}_momentum applies to sgd only: drop it or use "
-                                 f"--{side}-optimizer sgd")
+                raise ValueError(
+                    f"{side}_momentum applies to sgd only: drop it or use --{side}-optimizer sgd"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
     """[data]: where the clients' examples come from and who builds their datasets."""
 
-    source: str = option("synthetic", f"a data source ({', '.join(SOURCES)}) or the path of an "
-                         f".npz file with arrays x, y and client", flag="data", decides_result=True)
-    data_dir: str = option("", "where file-backed sources look (e.g. TFF's EMNIST cache); empty: "
-                           "their usual places", unit="path", decides_result=True)
-    test_data: str = option("", "a separate .npz of test examples for an .npz source", unit="path",
-                            decides_result=True)
-    population: int = option(3383, "training clients of the synthetic source (files have their "
-                             "own); 3,383 as in EMNIST digits", decides_result=True)
-    placement: str = option("workers", "where client datasets are built", flag="data-placement",
-                            choices=names(DATA_PLACEMENTS))
+    source: str = option(
+        "synthetic",
+        f"a data source ({', '.join(SOURCES)}) or the path of an .npz file with arrays x, y and client",
+        flag="data",
+        decides_result=True,
+    )
+    data_dir: str = option(
+        "",
+        "where file-backed sources look (e.g. TFF's EMNIST cache); empty: their usual places",
+        unit="path",
+        decides_result=True,
+    )
+    test_data: str = option(
+        "", "a separate .npz of test examples for an .npz source", unit="path", decides_result=True
+    )
+    population: int = option(
+        3383,
+        "training clients of the synthetic source (files have their own); 3,383 as in EMNIST digits",
+        decides_result=True,
+    )
+    placement: str = option(
+        "workers", "where client datasets are built", flag="data-placement", choices=names(DATA_PLACEMENTS)
+    )
 
     def __post_init__(self) -> None:
         _at_least_one(self, "population")
@@ -95,11 +117,19 @@ class EvalConfig:
     """[eval]: federated evaluation of the round's model."""
 
     every: int = option(1, "evaluate every N rounds (0: never)", flag="eval-every", unit="rounds")
-    clients: int = option(32, "held-out clients that never train, only evaluate; also the size of "
-                          "the 'sample' group", flag="eval-clients", decides_result=True)
-    on: str = option("round_clients,heldout", "groups to evaluate on, comma-separated: "
-                     "round_clients (the round's clients' test examples), heldout, sample (a fixed "
-                     "sample of training clients)", flag="eval-on")
+    clients: int = option(
+        32,
+        "held-out clients that never train, only evaluate; also the size of the 'sample' group",
+        flag="eval-clients",
+        decides_result=True,
+    )
+    on: str = option(
+        "round_clients,heldout",
+        "groups to evaluate on, comma-separated: "
+        "round_clients (the round's clients' test examples), heldout, sample (a fixed "
+        "sample of training clients)",
+        flag="eval-on",
+    )
 
     def __post_init__(self) -> None:
         _not_negative(self, "every", meaning_of_zero="0: never")
@@ -108,11 +138,14 @@ class EvalConfig:
 
         groups = self.groups
         if not set(groups) <= set(EVAL_GROUPS) or len(set(groups)) != len(groups):
-            raise ValueError(f"eval_on must list distinct groups from {', '.join(EVAL_GROUPS)} "
-                             f"separated by commas, got {self.on!r}")
+            raise ValueError(
+                f"eval_on must list distinct groups from {', '.join(EVAL_GROUPS)} "
+                f"separated by commas, got {self.on!r}"
+            )
         if "sample" in groups and not self.clients:
-            raise ValueError("eval_on 'sample' evaluates eval_clients training clients: set "
-                             "eval_clients above 0")
+            raise ValueError(
+                "eval_on 'sample' evaluates eval_clients training clients: set eval_clients above 0"
+            )
 
     @property
     def groups(self) -> list[str]:
@@ -123,13 +156,17 @@ class EvalConfig:
 class DispatchConfig:
     """[dispatch]: how the coordinator spreads a round over the workers."""
 
-    shards: int = option(0, "shards per round (0: one per worker); a worker that finishes takes "
-                         "the next")
-    rpc_timeout_s: float = option(600.0, "deadline of one call to a worker; a hung worker's shard "
-                                  "runs elsewhere after it", unit="s")
-    recycle_every: int = option(200, "replace every worker fedrun started with a fresh process "
-                                "every N rounds (0: never); TFF's worker grows slowly",
-                                flag="recycle-workers-every", unit="rounds")
+    shards: int = option(0, "shards per round (0: one per worker); a worker that finishes takes the next")
+    rpc_timeout_s: float = option(
+        600.0, "deadline of one call to a worker; a hung worker's shard runs elsewhere after it", unit="s"
+    )
+    recycle_every: int = option(
+        200,
+        "replace every worker fedrun started with a fresh process "
+        "every N rounds (0: never); TFF's worker grows slowly",
+        flag="recycle-workers-every",
+        unit="rounds",
+    )
 
     def __post_init__(self) -> None:
         _not_negative(self, "shards", meaning_of_zero="0: one per worker")
@@ -156,10 +193,15 @@ class ObserveConfig:
 class OutputConfig:
     """[output]: where the run's files go and how often its state is saved."""
 
-    dir: Path = option(Path("runs/latest"), "the run's folder: config, rounds, checkpoints, "
-                       "weights, worker logs", flag="out", unit="path")
-    checkpoint_every: int = option(1, "rounds between checkpoints (the last round always writes "
-                                   "one)", unit="rounds")
+    dir: Path = option(
+        Path("runs/latest"),
+        "the run's folder: config, rounds, checkpoints, weights, worker logs",
+        flag="out",
+        unit="path",
+    )
+    checkpoint_every: int = option(
+        1, "rounds between checkpoints (the last round always writes one)", unit="rounds"
+    )
 
     def __post_init__(self) -> None:
         _at_least_one(self, "checkpoint_every")

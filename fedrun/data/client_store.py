@@ -34,17 +34,24 @@ class ExampleFormat:
     label: str
 
     def parse(self, serialized: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        parsed = tf.io.parse_single_example(serialized, {
-            self.features: tf.io.FixedLenFeature(self.feature_shape, tf.float32),
-            self.label: tf.io.FixedLenFeature([], tf.int64),
-        })
+        parsed = tf.io.parse_single_example(
+            serialized,
+            {
+                self.features: tf.io.FixedLenFeature(self.feature_shape, tf.float32),
+                self.label: tf.io.FixedLenFeature([], tf.int64),
+            },
+        )
         return parsed[self.features], tf.cast(parsed[self.label], tf.int32)
 
     def serialize(self, features: np.ndarray, label: int) -> bytes:
-        return tf.train.Example(features=tf.train.Features(feature={
-            self.features: tf.train.Feature(float_list=tf.train.FloatList(value=features.ravel())),
-            self.label: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-        })).SerializeToString()
+        return tf.train.Example(
+            features=tf.train.Features(
+                feature={
+                    self.features: tf.train.Feature(float_list=tf.train.FloatList(value=features.ravel())),
+                    self.label: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+                }
+            )
+        ).SerializeToString()
 
 
 @dataclass(frozen=True)
@@ -73,25 +80,34 @@ def write_cache(target: Path, write: Callable[[Path], None]) -> None:
     try:
         write_atomically(target, write)
     except OSError as e:
-        raise FedrunError(f"cannot write {target.name} in {target.parent} ({e.strerror}): fedrun keeps "
-                          f"the converted data next to its source; copy the data to a writable "
-                          f"directory") from None
+        raise FedrunError(
+            f"cannot write {target.name} in {target.parent} ({e.strerror}): fedrun keeps "
+            f"the converted data next to its source; copy the data to a writable "
+            f"directory"
+        ) from None
 
 
 def write_store(path: Path, clients: Iterable[ClientExamples], fmt: ExampleFormat) -> None:
     """Writes a TFF SqlClientData file, each client's split in one contiguous run of rows."""
     with contextlib.closing(sqlite3.connect(path)) as db, db:  # closed, and committed once
-        db.execute("CREATE TABLE examples (split_name TEXT NOT NULL, client_id TEXT NOT NULL, "
-                   "serialized_example_proto BLOB NOT NULL)")
-        db.execute("CREATE TABLE client_metadata (client_id TEXT NOT NULL, split_name TEXT NOT NULL, "
-                   "num_examples INTEGER NOT NULL)")
+        db.execute(
+            "CREATE TABLE examples (split_name TEXT NOT NULL, client_id TEXT NOT NULL, "
+            "serialized_example_proto BLOB NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE client_metadata (client_id TEXT NOT NULL, split_name TEXT NOT NULL, "
+            "num_examples INTEGER NOT NULL)"
+        )
         for client in clients:
-            rows = [(client.split, client.client_id, fmt.serialize(x, int(y)))
-                    for x, y in zip(client.features, client.labels)]
+            rows = [
+                (client.split, client.client_id, fmt.serialize(x, int(y)))
+                for x, y in zip(client.features, client.labels)
+            ]
             for start in range(0, len(rows), _BATCH_ROWS):
-                db.executemany("INSERT INTO examples VALUES (?, ?, ?)", rows[start:start + _BATCH_ROWS])
-            db.execute("INSERT INTO client_metadata VALUES (?, ?, ?)",
-                       (client.client_id, client.split, len(rows)))
+                db.executemany("INSERT INTO examples VALUES (?, ?, ?)", rows[start : start + _BATCH_ROWS])
+            db.execute(
+                "INSERT INTO client_metadata VALUES (?, ?, ?)", (client.client_id, client.split, len(rows))
+            )
 
 
 @dataclass(frozen=True)
@@ -126,18 +142,27 @@ def read_rows(store: Path, split: str) -> SplitRows:
         with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
             found = db.execute(
                 "SELECT client_id, MIN(rowid), MAX(rowid), COUNT(*) FROM examples WHERE split_name = ? "
-                "GROUP BY client_id ORDER BY client_id", (split,)).fetchall()
+                "GROUP BY client_id ORDER BY client_id",
+                (split,),
+            ).fetchall()
     except sqlite3.DatabaseError as e:
-        raise FedrunError(f"{store} is not a TFF client-data SQLite file ({e}): replace it with the "
-                          f"file TFF downloads, or delete it so fedrun converts its source again") from None
+        raise FedrunError(
+            f"{store} is not a TFF client-data SQLite file ({e}): replace it with the "
+            f"file TFF downloads, or delete it so fedrun converts its source again"
+        ) from None
     scattered = [cid for cid, first, last, count in found if last - first + 1 != count]
     if scattered:
-        raise FedrunError(f"{store}: the '{split}' examples of client(s) {', '.join(scattered[:3])} are "
-                          f"not stored in one run of rows, which fedrun needs to name them by row range; "
-                          f"rewrite the file client by client (e.g. tff.simulation.datasets."
-                          f"save_to_sql_client_data)")
-    rows = SplitRows(np.array([r[0] for r in found], dtype=str),
-                     np.array([r[1] for r in found], np.int64), np.array([r[2] for r in found], np.int64))
+        raise FedrunError(
+            f"{store}: the '{split}' examples of client(s) {', '.join(scattered[:3])} are "
+            f"not stored in one run of rows, which fedrun needs to name them by row range; "
+            f"rewrite the file client by client (e.g. tff.simulation.datasets."
+            f"save_to_sql_client_data)"
+        )
+    rows = SplitRows(
+        np.array([r[0] for r in found], dtype=str),
+        np.array([r[1] for r in found], np.int64),
+        np.array([r[2] for r in found], np.int64),
+    )
     write_cache(cache, rows.save)
     return rows
 
@@ -146,8 +171,15 @@ class SqlClients(ClientDataSource):
     """The clients of a TFF client-data SQLite file. A fixed random subset of `heldout` clients
     never trains and only evaluates; the rest are the training population."""
 
-    def __init__(self, store: Path, splits: dict[str, str], fmt: ExampleFormat, num_classes: int,
-                 heldout: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        store: Path,
+        splits: dict[str, str],
+        fmt: ExampleFormat,
+        num_classes: int,
+        heldout: int = 0,
+        seed: int = 0,
+    ):
         self.store = store.resolve()  # workers open it by this path, whatever their working directory
         self.format = fmt
         self.num_classes = num_classes
@@ -156,11 +188,15 @@ class SqlClients(ClientDataSource):
         test = read_rows(store, splits[TEST])
         strangers = np.setdiff1d(test.client_ids, train.client_ids)
         if len(strangers):
-            raise FedrunError(f"{store}: client(s) {', '.join(strangers[:3])} have test examples but no "
-                              f"training examples: give every client training examples")
+            raise FedrunError(
+                f"{store}: client(s) {', '.join(strangers[:3])} have test examples but no "
+                f"training examples: give every client training examples"
+            )
         if not 0 <= heldout < len(train.client_ids):
-            raise FedrunError(f"{store} holds {len(train.client_ids)} clients, so {heldout} held-out "
-                              f"clients leave none to train: lower --eval-clients")
+            raise FedrunError(
+                f"{store} holds {len(train.client_ids)} clients, so {heldout} held-out "
+                f"clients leave none to train: lower --eval-clients"
+            )
         # Training clients first, held-out clients last, in an order fixed by `seed`.
         self._ids = train.client_ids[np.random.default_rng(seed).permutation(len(train.client_ids))]
         self._population = len(self._ids) - heldout
@@ -186,7 +222,14 @@ class SqlClients(ClientDataSource):
 
     def client_dataset(self, key: tf.Tensor) -> tf.data.Dataset:
         first, last = tf.unstack(tf.strings.split(key, ":"), num=2)
-        query = tf.strings.join(["SELECT serialized_example_proto FROM examples WHERE rowid BETWEEN ",
-                                 first, " AND ", last, " ORDER BY rowid"])
+        query = tf.strings.join(
+            [
+                "SELECT serialized_example_proto FROM examples WHERE rowid BETWEEN ",
+                first,
+                " AND ",
+                last,
+                " ORDER BY rowid",
+            ]
+        )
         rows = tf.data.experimental.SqlDataset("sqlite", str(self.store), query, (tf.string,))
         return rows.map(self.format.parse)

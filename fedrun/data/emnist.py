@@ -11,8 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrun.data.client_store import (ClientExamples, ExampleFormat, SqlClients, cached_path,
-                                      write_cache, write_store)
+from fedrun.data.client_store import (
+    ClientExamples,
+    ExampleFormat,
+    SqlClients,
+    cached_path,
+    write_cache,
+    write_store,
+)
 from fedrun.data.keys import TEST, TRAIN
 from fedrun.data.registry import SourceOptions
 from fedrun.errors import FedrunError
@@ -49,25 +55,38 @@ def open_emnist(variant: Variant, options: SourceOptions) -> SqlClients:
     folders = [Path(d).expanduser() for d in ([options.data_dir] if options.data_dir else DEFAULT_DIRS)]
     for folder in folders:
         if (folder / SQL_FILE).exists():
-            return SqlClients(folder / SQL_FILE, dict(zip((TRAIN, TEST), variant.sql_splits)), FORMAT,
-                              variant.num_classes, heldout=options.heldout)
+            return SqlClients(
+                folder / SQL_FILE,
+                dict(zip((TRAIN, TEST), variant.sql_splits)),
+                FORMAT,
+                variant.num_classes,
+                heldout=options.heldout,
+            )
         train, test = (folder / f"{variant.h5_prefix}_{split}.h5" for split in (TRAIN, TEST))
         if train.exists() or test.exists():
-            return SqlClients(_converted(variant, train, test), {TRAIN: TRAIN, TEST: TEST}, FORMAT,
-                              variant.num_classes, heldout=options.heldout)
+            return SqlClients(
+                _converted(variant, train, test),
+                {TRAIN: TRAIN, TEST: TEST},
+                FORMAT,
+                variant.num_classes,
+                heldout=options.heldout,
+            )
     raise FedrunError(
         f"federated EMNIST not found: looked for {SQL_FILE} (TFF 0.87's file) and "
         f"{variant.h5_prefix}_train.h5 with _test.h5 (older TFF's files) in "
         f"{', '.join(map(str, folders))}. fedrun downloads nothing: on a machine with internet run "
         f"python -c 'import tensorflow_federated as tff; tff.simulation.datasets.emnist.load_data()' "
-        f"(it writes ~/.tff/{SQL_FILE}) and copy that file here, or pass its folder with --data-dir")
+        f"(it writes ~/.tff/{SQL_FILE}) and copy that file here, or pass its folder with --data-dir"
+    )
 
 
 def _converted(variant: Variant, train: Path, test: Path) -> Path:
     for path, other in ((train, test), (test, train)):
         if not path.exists():
-            raise FedrunError(f"found {other} but not {path}: EMNIST's HDF5 files come in pairs; put "
-                              f"both files from {variant.h5_prefix}.tar.bz2 in {path.parent}")
+            raise FedrunError(
+                f"found {other} but not {path}: EMNIST's HDF5 files come in pairs; put "
+                f"both files from {variant.h5_prefix}.tar.bz2 in {path.parent}"
+            )
     store = cached_path([train, test], variant.name, "fedrun.sqlite")
     if not store.exists():
         write_cache(store, lambda tmp: write_store(tmp, _h5_clients(variant, train, test), FORMAT))
@@ -84,13 +103,15 @@ def _h5_clients(variant: Variant, train: Path, test: Path):
         try:
             h5 = h5py.File(path, "r")
         except OSError as e:
-            raise FedrunError(f"{path} is not a readable HDF5 file ({e}): extract it again from "
-                              f"{variant.h5_prefix}.tar.bz2") from None
+            raise FedrunError(
+                f"{path} is not a readable HDF5 file ({e}): extract it again from {variant.h5_prefix}.tar.bz2"
+            ) from None
         with h5:
             examples = h5.get("examples")
             if not isinstance(examples, h5py.Group):
-                raise FedrunError(f"{path} has no group 'examples': it is not one of TFF's federated "
-                                  f"EMNIST files")
+                raise FedrunError(
+                    f"{path} has no group 'examples': it is not one of TFF's federated EMNIST files"
+                )
             for writer in sorted(examples):
                 yield ClientExamples(split, writer, *_writer_arrays(path, writer, examples[writer], variant))
 
@@ -102,12 +123,15 @@ def _writer_arrays(path: Path, writer: str, group, variant: Variant) -> tuple[np
     except (KeyError, TypeError, ValueError):
         raise FedrunError(f"{where} lacks the datasets 'pixels' and 'label' of TFF's EMNIST layout") from None
     if pixels.shape[1:] != IMAGE_SHAPE or labels.shape != pixels.shape[:1]:
-        raise FedrunError(f"{where}: pixels {pixels.shape} and label {labels.shape} should be "
-                          f"(n, 28, 28) and (n,)")
+        raise FedrunError(
+            f"{where}: pixels {pixels.shape} and label {labels.shape} should be (n, 28, 28) and (n,)"
+        )
     if len(labels) == 0:
         raise FedrunError(f"{where} holds no examples: remove the writer's empty group")
     bad = labels[(labels < 0) | (labels >= variant.num_classes)]
     if len(bad):
-        raise FedrunError(f"{where}: label {bad[0]} is outside 0..{variant.num_classes - 1} of "
-                          f"--data {variant.name}; use the file for that variant")
+        raise FedrunError(
+            f"{where}: label {bad[0]} is outside 0..{variant.num_classes - 1} of "
+            f"--data {variant.name}; use the file for that variant"
+        )
     return pixels.astype(np.float32), labels

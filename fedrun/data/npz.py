@@ -11,8 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
-from fedrun.data.client_store import (ClientExamples, ExampleFormat, SqlClients, cached_path,
-                                      write_cache, write_store)
+from fedrun.data.client_store import (
+    ClientExamples,
+    ExampleFormat,
+    SqlClients,
+    cached_path,
+    write_cache,
+    write_store,
+)
 from fedrun.data.keys import TEST, TRAIN
 from fedrun.data.registry import SourceOptions
 from fedrun.errors import FedrunError
@@ -47,8 +53,9 @@ def open_npz(options: SourceOptions) -> SqlClients:
     store = cached_path(inputs, f"test_fraction={TEST_FRACTION}", "fedrun.sqlite")
     if not store.exists():
         write_cache(store, lambda tmp: write_store(tmp, _splits(train, test), fmt))
-    return SqlClients(store, {TRAIN: TRAIN, TEST: TEST}, fmt, num_classes=int(labels[-1]) + 1,
-                      heldout=options.heldout)
+    return SqlClients(
+        store, {TRAIN: TRAIN, TEST: TEST}, fmt, num_classes=int(labels[-1]) + 1, heldout=options.heldout
+    )
 
 
 def load_clients(path: Path) -> ClientArrays:
@@ -56,8 +63,10 @@ def load_clients(path: Path) -> ClientArrays:
     x, y, client = _read_arrays(path)
     n = len(y) if y.ndim == 1 else -1
     if n < 0 or client.shape != (n,) or x.ndim < 1 or x.shape[0] != n:
-        raise FedrunError(f"{path}: x {x.shape}, y {y.shape} and client {client.shape} must hold one "
-                          f"entry per example: shapes (N, ...), (N,) and (N,)")
+        raise FedrunError(
+            f"{path}: x {x.shape}, y {y.shape} and client {client.shape} must hold one "
+            f"entry per example: shapes (N, ...), (N,) and (N,)"
+        )
     if n == 0:
         raise FedrunError(f"{path} holds no examples: give every client at least one")
     if not np.issubdtype(x.dtype, np.number) or x.dtype.kind == "c":
@@ -83,8 +92,10 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         with data:
             missing = {"x", "y", "client"} - set(data.files)
             if missing:
-                raise FedrunError(f"{path} lacks array(s) {', '.join(sorted(missing))}: x holds the "
-                                  f"examples, y their integer labels, client their client ids; {how}")
+                raise FedrunError(
+                    f"{path} lacks array(s) {', '.join(sorted(missing))}: x holds the "
+                    f"examples, y their integer labels, client their client ids; {how}"
+                )
             return data["x"], data["y"], data["client"]
     except FileNotFoundError:
         raise FedrunError(f"data file {path} does not exist: check --data / --test-data") from None
@@ -92,19 +103,26 @@ def _read_arrays(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise FedrunError(f"{path} is not a readable .npz file ({e}): {how}") from None
 
 
-def _check_test(path: Path, test_path: Path, train: ClientArrays, test: ClientArrays,
-                labels: np.ndarray) -> None:
+def _check_test(
+    path: Path, test_path: Path, train: ClientArrays, test: ClientArrays, labels: np.ndarray
+) -> None:
     if test.x.shape[1:] != train.x.shape[1:]:
-        raise FedrunError(f"{test_path}: examples have shape {test.x.shape[1:]} but those in {path} "
-                          f"have {train.x.shape[1:]}; both files must hold the same kind of example")
+        raise FedrunError(
+            f"{test_path}: examples have shape {test.x.shape[1:]} but those in {path} "
+            f"have {train.x.shape[1:]}; both files must hold the same kind of example"
+        )
     unknown = np.setdiff1d(test.y, labels)
     if len(unknown):
-        raise FedrunError(f"{test_path}: label(s) {', '.join(map(str, unknown[:5]))} never occur in "
-                          f"{path}, so the model has no class for them; drop those test examples")
+        raise FedrunError(
+            f"{test_path}: label(s) {', '.join(map(str, unknown[:5]))} never occur in "
+            f"{path}, so the model has no class for them; drop those test examples"
+        )
     strangers = np.setdiff1d(test.ids, train.ids)
     if len(strangers):
-        raise FedrunError(f"{test_path}: client(s) {', '.join(strangers[:3])} have no examples in {path}; "
-                          f"every test client must also be a training client")
+        raise FedrunError(
+            f"{test_path}: client(s) {', '.join(strangers[:3])} have no examples in {path}; "
+            f"every test client must also be a training client"
+        )
 
 
 def _splits(train: ClientArrays, test: ClientArrays | None):

@@ -42,18 +42,23 @@ def train_dataset_computation(source: ClientDataSource, prep: Preprocessing) -> 
 
     def build(key):
         seed_str, data_key = tf.unstack(tf.strings.split(key, "|", maxsplit=1), num=2)
-        return _train_pipeline(source.client_dataset(data_key), tf.strings.to_number(seed_str, tf.int64), prep)
+        return _train_pipeline(
+            source.client_dataset(data_key), tf.strings.to_number(seed_str, tf.int64), prep
+        )
 
     return tff.tensorflow.computation(build, tff.TensorType(np.str_))
 
 
 def eval_dataset_computation(source: ClientDataSource, prep: Preprocessing) -> tff.Computation:
     """Evaluation key -> the client's test batches, built on the worker that runs it."""
-    return tff.tensorflow.computation(lambda key: _eval_pipeline(source.client_dataset(key), prep),
-                                      tff.TensorType(np.str_))
+    return tff.tensorflow.computation(
+        lambda key: _eval_pipeline(source.client_dataset(key), prep), tff.TensorType(np.str_)
+    )
 
 
-def shipped_train_datasets(source: ClientDataSource, prep: Preprocessing, keys: list[str]) -> list[tf.data.Dataset]:
+def shipped_train_datasets(
+    source: ClientDataSource, prep: Preprocessing, keys: list[str]
+) -> list[tf.data.Dataset]:
     """The same batches built on the coordinator from its own copy of the examples, which then
     travel to the workers as tensors (for data that only the coordinator can read)."""
     datasets = []
@@ -63,7 +68,9 @@ def shipped_train_datasets(source: ClientDataSource, prep: Preprocessing, keys: 
     return datasets
 
 
-def shipped_eval_datasets(source: ClientDataSource, prep: Preprocessing, keys: list[str]) -> list[tf.data.Dataset]:
+def shipped_eval_datasets(
+    source: ClientDataSource, prep: Preprocessing, keys: list[str]
+) -> list[tf.data.Dataset]:
     return [_eval_pipeline(_in_memory(source, key), prep) for key in keys]
 
 
@@ -73,5 +80,6 @@ def _in_memory(source: ClientDataSource, key: str) -> tf.data.Dataset:
     parts = list(source.client_dataset(tf.constant(key)).batch(_READ_BATCH).as_numpy_iterator())
     if not parts:
         return tf.data.Dataset.from_tensor_slices(
-            (tf.zeros([0, *features.shape], features.dtype), tf.zeros([0], labels.dtype)))
+            (tf.zeros([0, *features.shape], features.dtype), tf.zeros([0], labels.dtype))
+        )
     return tf.data.Dataset.from_tensor_slices(tuple(np.concatenate(column) for column in zip(*parts)))

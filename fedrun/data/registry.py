@@ -24,11 +24,14 @@ class SourceOptions:
 
 
 SOURCES = {
-    "synthetic": Entry("embedded stand-in for federated EMNIST digits, generated per writer",
-                       "fedrun.data.synthetic:open_synthetic"),
+    "synthetic": Entry(
+        "embedded stand-in for federated EMNIST digits, generated per writer",
+        "fedrun.data.synthetic:open_synthetic",
+    ),
     "emnist": Entry("TFF's federated EMNIST digits, from a local copy", "fedrun.data.emnist:open_digits"),
-    "emnist-full": Entry("TFF's federated EMNIST digits and letters, from a local copy",
-                         "fedrun.data.emnist:open_full"),
+    "emnist-full": Entry(
+        "TFF's federated EMNIST digits and letters, from a local copy", "fedrun.data.emnist:open_full"
+    ),
 }
 _FILE_SOURCE = Entry("your own .npz file", "fedrun.data.npz:open_npz")
 
@@ -39,8 +42,9 @@ def source_entry(data: str) -> Entry:
         return _FILE_SOURCE
     if data in SOURCES:
         return SOURCES[data]
-    raise FedrunError(f"unknown data source '{data}': choose one of {', '.join(SOURCES)} or give the "
-                      f"path of an .npz file")
+    raise FedrunError(
+        f"unknown data source '{data}': choose one of {', '.join(SOURCES)} or give the path of an .npz file"
+    )
 
 
 def create_source(options: SourceOptions) -> ClientDataSource:

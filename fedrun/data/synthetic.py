@@ -63,22 +63,28 @@ def _line(*points):
 # digit -> (usual glyph, alternative glyph); a glyph is a list of polylines in the unit
 # box (u right, v down). Digits without a common alternative have a single glyph.
 _GLYPHS = {
-    0: ([_arc(.5, .5, .42, .5, 0, 360)],),
-    1: ([_line((.5, 0), (.5, 1))],
-        [_line((.2, .22), (.5, 0), (.5, 1)), _line((.22, 1), (.78, 1))]),
-    2: ([np.concatenate([_arc(.5, .27, .42, .27, 165, -40),
-                         _line((.05, 1), (.95, 1))])],),
-    3: ([_arc(.5, .25, .4, .25, 150, -90), _arc(.5, .75, .45, .25, 90, -150)],
-        [_line((.1, 0), (.9, 0), (.4, .42)), _arc(.5, .71, .45, .29, 105, -150)]),
-    4: ([_line((.62, 0), (.05, .66), (.95, .66)), _line((.7, .3), (.7, 1))],
-        [_line((.15, 0), (.1, .6), (.95, .6)), _line((.72, 0), (.72, 1))]),
-    5: ([_line((.92, 0), (.15, 0), (.12, .46)), _arc(.48, .7, .42, .3, 140, -140)],),
-    6: ([_arc(.85, .72, .75, .71, 100, 180), _arc(.5, .72, .4, .28, 180, -180)],),
-    7: ([_line((.05, 0), (.95, 0), (.4, 1))],
-        [_line((.05, 0), (.95, 0), (.4, 1)), _line((.42, .5), (.9, .5))]),
-    8: ([_arc(.5, .25, .33, .25, -90, 270), _arc(.5, .73, .42, .27, 90, 450)],),
-    9: ([_arc(.5, .28, .4, .28, 0, 360), _line((.9, .28), (.86, 1))],
-        [_arc(.5, .28, .4, .28, 0, 360), _arc(.1, .28, .8, .72, 0, -80)]),
+    0: ([_arc(0.5, 0.5, 0.42, 0.5, 0, 360)],),
+    1: ([_line((0.5, 0), (0.5, 1))], [_line((0.2, 0.22), (0.5, 0), (0.5, 1)), _line((0.22, 1), (0.78, 1))]),
+    2: ([np.concatenate([_arc(0.5, 0.27, 0.42, 0.27, 165, -40), _line((0.05, 1), (0.95, 1))])],),
+    3: (
+        [_arc(0.5, 0.25, 0.4, 0.25, 150, -90), _arc(0.5, 0.75, 0.45, 0.25, 90, -150)],
+        [_line((0.1, 0), (0.9, 0), (0.4, 0.42)), _arc(0.5, 0.71, 0.45, 0.29, 105, -150)],
+    ),
+    4: (
+        [_line((0.62, 0), (0.05, 0.66), (0.95, 0.66)), _line((0.7, 0.3), (0.7, 1))],
+        [_line((0.15, 0), (0.1, 0.6), (0.95, 0.6)), _line((0.72, 0), (0.72, 1))],
+    ),
+    5: ([_line((0.92, 0), (0.15, 0), (0.12, 0.46)), _arc(0.48, 0.7, 0.42, 0.3, 140, -140)],),
+    6: ([_arc(0.85, 0.72, 0.75, 0.71, 100, 180), _arc(0.5, 0.72, 0.4, 0.28, 180, -180)],),
+    7: (
+        [_line((0.05, 0), (0.95, 0), (0.4, 1))],
+        [_line((0.05, 0), (0.95, 0), (0.4, 1)), _line((0.42, 0.5), (0.9, 0.5))],
+    ),
+    8: ([_arc(0.5, 0.25, 0.33, 0.25, -90, 270), _arc(0.5, 0.73, 0.42, 0.27, 90, 450)],),
+    9: (
+        [_arc(0.5, 0.28, 0.4, 0.28, 0, 360), _line((0.9, 0.28), (0.86, 1))],
+        [_arc(0.5, 0.28, 0.4, 0.28, 0, 360), _arc(0.1, 0.28, 0.8, 0.72, 0, -80)],
+    ),
 }
 
 
@@ -86,8 +92,7 @@ def _distance_field(polylines):
     """Distance (px) from every pixel centre to the nearest stroke segment."""
     starts, ends = [], []
     for uv in polylines:
-        xy = np.stack([_CENTRE + (uv[:, 0] - .5) * _GLYPH_W,
-                       _CENTRE + (uv[:, 1] - .5) * _GLYPH_H], axis=1)
+        xy = np.stack([_CENTRE + (uv[:, 0] - 0.5) * _GLYPH_W, _CENTRE + (uv[:, 1] - 0.5) * _GLYPH_H], axis=1)
         starts.append(xy[:-1])
         ends.append(xy[1:])
     a, b = np.concatenate(starts), np.concatenate(ends)
@@ -99,31 +104,34 @@ def _distance_field(polylines):
     return dist.reshape(IMAGE_SIZE, IMAGE_SIZE)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _distance_fields():
     """float32 [2, 10, 28, 28]: distance fields of the usual and alternative glyphs."""
-    fields = [[_distance_field(_GLYPHS[d][min(v, len(_GLYPHS[d]) - 1)])
-               for d in range(NUM_CLASSES)] for v in range(2)]
+    fields = [
+        [_distance_field(_GLYPHS[d][min(v, len(_GLYPHS[d]) - 1)]) for d in range(NUM_CLASSES)]
+        for v in range(2)
+    ]
     return np.asarray(fields, np.float32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def glyph_templates() -> np.ndarray:
     """float32 [10, 28, 28]: a clean, centred prototype for each digit 0-9 (cached)."""
     dist = _distance_fields()[0]
-    templates = np.clip(_TEMPLATE_WIDTH + .5 - dist, 0, 1).astype(np.float32)
+    templates = np.clip(_TEMPLATE_WIDTH + 0.5 - dist, 0, 1).astype(np.float32)
     templates.setflags(write=False)  # shared by every caller through the cache
     return templates
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cell_corners():
     """float32 [20 * 29 * 29, 4]: corners of every cell of the _FAR-padded fields.
 
     Bilinear sampling then fetches all four neighbours with a single gather.
     """
-    padded = np.pad(_distance_fields().reshape(-1, IMAGE_SIZE, IMAGE_SIZE),
-                    [(0, 0), (1, 1), (1, 1)], constant_values=_FAR)
+    padded = np.pad(
+        _distance_fields().reshape(-1, IMAGE_SIZE, IMAGE_SIZE), [(0, 0), (1, 1), (1, 1)], constant_values=_FAR
+    )
     corners = [padded[:, :-1, :-1], padded[:, :-1, 1:], padded[:, 1:, :-1], padded[:, 1:, 1:]]
     return np.stack(corners, axis=-1).reshape(-1, 4)
 
@@ -145,17 +153,16 @@ def _bilinear(glyph, x, y):
     x0 = tf.minimum(tf.floor(x), cells - 1)
     y0 = tf.minimum(tf.floor(y), cells - 1)
     fx, fy = x - x0, y - y0
-    cell = (glyph[:, None, None] * cells + tf.cast(y0, tf.int32)) * cells + tf.cast(
-        x0, tf.int32)
+    cell = (glyph[:, None, None] * cells + tf.cast(y0, tf.int32)) * cells + tf.cast(x0, tf.int32)
     top_left, top_right, bottom_left, bottom_right = tf.unstack(
-        tf.gather(tf.constant(_cell_corners()), cell), axis=-1)
+        tf.gather(tf.constant(_cell_corners()), cell), axis=-1
+    )
     top = top_left * (1 - fx) + top_right * fx
     bottom = bottom_left * (1 - fx) + bottom_right * fx
     return top * (1 - fy) + bottom * fy
 
 
-def generate_examples(num_examples, style_seed,
-                      example_seed) -> tuple[tf.Tensor, tf.Tensor]:
+def generate_examples(num_examples, style_seed, example_seed) -> tuple[tf.Tensor, tf.Tensor]:
     """Images float32 [n, 28, 28] in [0, 1] (background 0) and labels int32 [n].
 
     Args are scalar tensors or Python ints: `num_examples` int32, `style_seed` and
@@ -166,25 +173,24 @@ def generate_examples(num_examples, style_seed,
     n = tf.cast(num_examples, tf.int32)
     style_seed = tf.cast(style_seed, tf.int64)
     example_key = tf.random.stateless_uniform(
-        [], tf.stack([style_seed, tf.cast(example_seed, tf.int64)]), dtype=tf.int64,
-        minval=None, maxval=None)
+        [], tf.stack([style_seed, tf.cast(example_seed, tf.int64)]), dtype=tf.int64, minval=None, maxval=None
+    )
 
     u = tf.random.stateless_uniform([len(_STYLE_LOW)], _seed(style_seed, 0))
     slant, width, scale, aspect, shift_x, shift_y, ink = tf.unstack(
-        _STYLE_LOW + (_STYLE_HIGH - _STYLE_LOW) * u)
-    label_logits = _LABEL_SKEW * tf.random.stateless_normal(
-        [1, NUM_CLASSES], _seed(style_seed, 1))
+        _STYLE_LOW + (_STYLE_HIGH - _STYLE_LOW) * u
+    )
+    label_logits = _LABEL_SKEW * tf.random.stateless_normal([1, NUM_CLASSES], _seed(style_seed, 1))
     alternative = tf.cast(
-        tf.random.stateless_uniform([NUM_CLASSES], _seed(style_seed, 2)) < _ALT_PROB,
-        tf.int32)
+        tf.random.stateless_uniform([NUM_CLASSES], _seed(style_seed, 2)) < _ALT_PROB, tf.int32
+    )
 
-    labels = tf.random.stateless_categorical(
-        label_logits, n, _seed(example_key, 3), dtype=tf.int32)[0]
+    labels = tf.random.stateless_categorical(label_logits, n, _seed(example_key, 3), dtype=tf.int32)[0]
     jitter = _JITTER * tf.random.stateless_uniform(
-        tf.stack([n, len(_JITTER)]), _seed(example_key, 4), minval=-1, maxval=1)
+        tf.stack([n, len(_JITTER)]), _seed(example_key, 4), minval=-1, maxval=1
+    )
     # Per-example parameters shaped [n, 1, 1] to broadcast over pixels.
-    half_turn, d_shear, d_scale, d_x, d_y, d_width, d_ink = tf.unstack(
-        jitter[:, :, None, None], axis=1)
+    half_turn, d_shear, d_scale, d_x, d_y, d_width, d_ink = tf.unstack(jitter[:, :, None, None], axis=1)
 
     # Output pixel p (from the centre) samples the template at M (p - shift), M the
     # inverse of rotate . shear(slant) . scale(sx, sy). Keep the order of terms (see
@@ -205,10 +211,9 @@ def generate_examples(num_examples, style_seed,
 
     # Ink coverage ramps over the pixel around the stroke's edge; warped distances are
     # in template pixels, `sy` converts them to output pixels.
-    coverage = tf.clip_by_value(width + .5 + d_width - dist * sy, 0, 1)
+    coverage = tf.clip_by_value(width + 0.5 + d_width - dist * sy, 0, 1)
     images = ink * (1 + d_ink) * coverage
-    noise = _NOISE * tf.random.stateless_normal(
-        tf.shape(images), _seed(example_key, 5))
+    noise = _NOISE * tf.random.stateless_normal(tf.shape(images), _seed(example_key, 5))
     return tf.clip_by_value(images + noise, 0.0, 1.0), labels
 
 
@@ -220,8 +225,14 @@ class SyntheticDigits(ClientDataSource):
     element_spec = (tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE], tf.float32), tf.TensorSpec([], tf.int32))
     num_classes = NUM_CLASSES
 
-    def __init__(self, population: int, heldout: int = 0, data_seed: int = 0,
-                 median_examples: int = 100, test_fraction: float = 0.2):
+    def __init__(
+        self,
+        population: int,
+        heldout: int = 0,
+        data_seed: int = 0,
+        median_examples: int = 100,
+        test_fraction: float = 0.2,
+    ):
         self._population = population
         self.heldout = heldout
         self.data_seed = data_seed
@@ -251,8 +262,9 @@ class SyntheticDigits(ClientDataSource):
         return f"{self.num_examples(client, split)}:{style_seed}:{_EXAMPLE_SEEDS[split]}"
 
     def client_dataset(self, key: tf.Tensor) -> tf.data.Dataset:
-        n, style_seed, example_seed = tf.unstack(tf.strings.to_number(
-            tf.strings.split(key, ":"), tf.int64), num=3)
+        n, style_seed, example_seed = tf.unstack(
+            tf.strings.to_number(tf.strings.split(key, ":"), tf.int64), num=3
+        )
         return tf.data.Dataset.from_tensor_slices(generate_examples(n, style_seed, example_seed))
 
 

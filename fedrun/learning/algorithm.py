@@ -32,16 +32,31 @@ class FederatedAlgorithm:
     eval_data: Callable[[list[str]], list]  # a cohort's test keys -> the client data evaluation sends
 
 
-def build_algorithm(source: ClientDataSource, *, model: str, epochs: int, batch_size: int,
-                    shuffle_buffer: int, client_lr: float, server_lr: float,
-                    client_optimizer: str = "sgd", client_momentum: float = 0.0,
-                    server_optimizer: str = "sgd", server_momentum: float = 0.0,
-                    data_placement: str = "workers", client_loop: str = "iterator") -> FederatedAlgorithm:
+def build_algorithm(
+    source: ClientDataSource,
+    *,
+    model: str,
+    epochs: int,
+    batch_size: int,
+    shuffle_buffer: int,
+    client_lr: float,
+    server_lr: float,
+    client_optimizer: str = "sgd",
+    client_momentum: float = 0.0,
+    server_optimizer: str = "sgd",
+    server_momentum: float = 0.0,
+    data_placement: str = "workers",
+    client_loop: str = "iterator",
+) -> FederatedAlgorithm:
     prep = Preprocessing(epochs=epochs, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
     train_data = preprocessing.train_dataset_computation(source, prep)
     eval_data = preprocessing.eval_dataset_computation(source, prep)
-    model_fn = create_model_fn(model, ModelSpec(train_data.type_signature.result.element,
-                                                tuple(source.element_spec[0].shape), source.num_classes))
+    model_fn = create_model_fn(
+        model,
+        ModelSpec(
+            train_data.type_signature.result.element, tuple(source.element_spec[0].shape), source.num_classes
+        ),
+    )
     loop = CLIENT_LOOPS[client_loop].load()
     fed_avg = tff.learning.algorithms.build_weighted_fed_avg(
         model_fn,
@@ -73,10 +88,20 @@ def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgor
     """The algorithm a run's configuration describes."""
     w = config.workload
     return build_algorithm(
-        source, model=w.model, epochs=w.epochs, batch_size=w.batch_size, shuffle_buffer=w.shuffle_buffer,
-        client_lr=w.client_lr, server_lr=w.server_lr, client_optimizer=w.client_optimizer,
-        client_momentum=w.client_momentum, server_optimizer=w.server_optimizer,
-        server_momentum=w.server_momentum, data_placement=config.data.placement, client_loop=w.client_loop)
+        source,
+        model=w.model,
+        epochs=w.epochs,
+        batch_size=w.batch_size,
+        shuffle_buffer=w.shuffle_buffer,
+        client_lr=w.client_lr,
+        server_lr=w.server_lr,
+        client_optimizer=w.client_optimizer,
+        client_momentum=w.client_momentum,
+        server_optimizer=w.server_optimizer,
+        server_momentum=w.server_momentum,
+        data_placement=config.data.placement,
+        client_loop=w.client_loop,
+    )
 
 
 def _named(metrics: Mapping[str, Any]) -> dict[str, float]:

@@ -15,7 +15,8 @@ import tensorflow_federated as tff
 class CustomLinear(tff.learning.models.VariableModel):
     def __init__(self, features: int, num_classes: int):
         self._input_spec = collections.OrderedDict(
-            x=tf.TensorSpec([None, features], tf.float32), y=tf.TensorSpec([None, 1], tf.int32))
+            x=tf.TensorSpec([None, features], tf.float32), y=tf.TensorSpec([None, 1], tf.int32)
+        )
         self._weights = tf.Variable(tf.zeros([features, num_classes]), name="weights")
         self._bias = tf.Variable(tf.zeros([num_classes]), name="bias")
         self._num_examples = tf.Variable(0.0, name="num_examples", trainable=False)
@@ -59,8 +60,9 @@ class CustomLinear(tff.learning.models.VariableModel):
         self._num_examples.assign_add(num_examples)
         self._loss_sum.assign_add(loss * num_examples)
         self._accuracy_sum.assign_add(tf.reduce_sum(correct))
-        return tff.learning.models.BatchOutput(loss=loss, predictions=predictions,
-                                               num_examples=tf.size(labels))
+        return tff.learning.models.BatchOutput(
+            loss=loss, predictions=predictions, num_examples=tf.size(labels)
+        )
 
     @tf.function
     def report_local_unfinalized_metrics(self):

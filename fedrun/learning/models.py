@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedrun.learning.custom_linear import CustomLinear
 from fedrun.errors import FedrunError
+from fedrun.learning.custom_linear import CustomLinear
 from fedrun.learning.registry import MODELS
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
@@ -40,11 +40,16 @@ def _from_keras(spec: ModelSpec, build: Callable[[], tf.keras.Model]) -> ModelFn
 
 def linear_softmax(spec: ModelSpec) -> ModelFn:
     """The seed tutorial's model: Dense(num_classes) from zeros + softmax, via TFF's Keras conversion."""
-    return _from_keras(spec, lambda: tf.keras.Sequential([
-        tf.keras.layers.InputLayer(input_shape=(spec.features,)),
-        tf.keras.layers.Dense(spec.num_classes, kernel_initializer="zeros"),
-        tf.keras.layers.Softmax(),
-    ]))
+    return _from_keras(
+        spec,
+        lambda: tf.keras.Sequential(
+            [
+                tf.keras.layers.InputLayer(input_shape=(spec.features,)),
+                tf.keras.layers.Dense(spec.num_classes, kernel_initializer="zeros"),
+                tf.keras.layers.Softmax(),
+            ]
+        ),
+    )
 
 
 def custom_linear(spec: ModelSpec) -> ModelFn:
@@ -57,26 +62,37 @@ def cnn(spec: ModelSpec) -> ModelFn:
     realistic client compute. Initializers are seeded so every run starts from the same model."""
     shape = spec.feature_shape if len(spec.feature_shape) == 3 else (*spec.feature_shape, 1)
     if len(shape) != 3:
-        raise FedrunError(f"--model cnn needs image examples (height, width[, channels]), but this data's "
-                          f"examples have shape {spec.feature_shape}: use --model linear")
+        raise FedrunError(
+            f"--model cnn needs image examples (height, width[, channels]), but this data's "
+            f"examples have shape {spec.feature_shape}: use --model linear"
+        )
 
     def init(seed: int) -> tf.keras.initializers.Initializer:
         return tf.keras.initializers.GlorotUniform(seed=seed)
 
     def conv_block(filters: int, seed: int) -> list[tf.keras.layers.Layer]:
-        return [tf.keras.layers.Conv2D(filters, 5, padding="same", activation="relu", kernel_initializer=init(seed)),
-                tf.keras.layers.MaxPool2D(2, padding="same")]
+        return [
+            tf.keras.layers.Conv2D(
+                filters, 5, padding="same", activation="relu", kernel_initializer=init(seed)
+            ),
+            tf.keras.layers.MaxPool2D(2, padding="same"),
+        ]
 
-    return _from_keras(spec, lambda: tf.keras.Sequential([
-        tf.keras.layers.InputLayer(input_shape=(spec.features,)),
-        tf.keras.layers.Reshape(shape),
-        *conv_block(32, seed=1),
-        *conv_block(64, seed=2),
-        tf.keras.layers.Flatten(),
-        tf.keras.layers.Dense(512, activation="relu", kernel_initializer=init(3)),
-        tf.keras.layers.Dense(spec.num_classes, kernel_initializer=init(4)),
-        tf.keras.layers.Softmax(),
-    ]))
+    return _from_keras(
+        spec,
+        lambda: tf.keras.Sequential(
+            [
+                tf.keras.layers.InputLayer(input_shape=(spec.features,)),
+                tf.keras.layers.Reshape(shape),
+                *conv_block(32, seed=1),
+                *conv_block(64, seed=2),
+                tf.keras.layers.Flatten(),
+                tf.keras.layers.Dense(512, activation="relu", kernel_initializer=init(3)),
+                tf.keras.layers.Dense(spec.num_classes, kernel_initializer=init(4)),
+                tf.keras.layers.Softmax(),
+            ]
+        ),
+    )
 
 
 def create_model_fn(name: str, spec: ModelSpec) -> ModelFn:

@@ -42,13 +42,17 @@ def load_checkpoint(run_path: Path, template: Any) -> Checkpoint:
             meta = json.loads(bytes(data["__meta__"]).decode())
             leaves = [data[f"leaf_{i}"] for i in range(len(data.files) - 1)]
     except FileNotFoundError:
-        raise FedrunError(f"{path} does not exist: there is nothing to resume in {run_path} "
-                          f"(no round finished); start a new run instead") from None
+        raise FedrunError(
+            f"{path} does not exist: there is nothing to resume in {run_path} "
+            f"(no round finished); start a new run instead"
+        ) from None
     except (ValueError, KeyError, OSError) as e:
         raise FedrunError(f"checkpoint {path} is unreadable ({e}); start a new run") from None
     expected = tree.flatten(template)
     if len(leaves) != len(expected) or any(a.shape != np.shape(b) for a, b in zip(leaves, expected)):
-        raise FedrunError(f"checkpoint {path} does not fit this run's model and optimizers; "
-                          f"resume with the configuration it was written with")
+        raise FedrunError(
+            f"checkpoint {path} does not fit this run's model and optimizers; "
+            f"resume with the configuration it was written with"
+        )
     leaves = [leaf.astype(np.asarray(t).dtype)[()] for leaf, t in zip(leaves, expected)]
     return Checkpoint(round=int(meta["round"]), state=tree.unflatten_as(template, leaves))

@@ -27,9 +27,15 @@ if TYPE_CHECKING:
 class Coordinator:
     """Owns the server state and the loop; everything else is a step it calls."""
 
-    def __init__(self, config: RunConfig, source: ClientDataSource, runtime: RoundRuntime,
-                 run_dir: RunDirectory, on_round: Callable[[RoundRecord], None] = lambda record: None,
-                 policy: RoundPolicy | None = None):
+    def __init__(
+        self,
+        config: RunConfig,
+        source: ClientDataSource,
+        runtime: RoundRuntime,
+        run_dir: RunDirectory,
+        on_round: Callable[[RoundRecord], None] = lambda record: None,
+        policy: RoundPolicy | None = None,
+    ):
         workload = config.workload
         self.config = config
         self.source = source
@@ -55,8 +61,9 @@ class Coordinator:
         self.run_dir.save_weights(list(weights.trainable), list(weights.non_trainable))
         return self.state
 
-    def commit(self, round_num: int, plan: RoundPlan, outcome: TrainOutcome,
-               evaluation: EvalOutcome | None) -> RoundRecord:
+    def commit(
+        self, round_num: int, plan: RoundPlan, outcome: TrainOutcome, evaluation: EvalOutcome | None
+    ) -> RoundRecord:
         """Records a finished round (durably), checkpoints it when due, and takes its state."""
         record = self._record(round_num, plan, outcome, evaluation)
         self._check_finite(record, outcome.state)
@@ -77,8 +84,9 @@ class Coordinator:
             self.state, done = checkpoint.state, checkpoint.round
         return range(done + 1, self.config.workload.rounds + 1)
 
-    def _record(self, round_num: int, plan: RoundPlan, outcome: TrainOutcome,
-                evaluation: EvalOutcome | None) -> RoundRecord:
+    def _record(
+        self, round_num: int, plan: RoundPlan, outcome: TrainOutcome, evaluation: EvalOutcome | None
+    ) -> RoundRecord:
         training = plan.training
         trained = outcome.metrics["num_examples"]
         return RoundRecord(
@@ -122,10 +130,14 @@ class Coordinator:
             problems.append(f"the training loss is {record.train['loss']}")
         if record.examples_trained == 0:
             problems.append("every client's update was not finite, so FedAvg discarded them all")
-        problems += [f"the {name} evaluation loss is {m['loss']}"
-                     for name, m in record.eval.items() if not np.isfinite(m["loss"])]
+        problems += [
+            f"the {name} evaluation loss is {m['loss']}"
+            for name, m in record.eval.items()
+            if not np.isfinite(m["loss"])
+        ]
         if problems:
             raise FedrunError(
                 f"training diverged in round {record.round}: {'; '.join(problems)}. Rounds up to "
                 f"{record.round - 1} and the last finite checkpoint are kept in {self.run_dir.path}; "
-                f"lower --client-lr or --server-lr and start a new run.")
+                f"lower --client-lr or --server-lr and start a new run."
+            )

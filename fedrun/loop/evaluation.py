@@ -25,6 +25,7 @@ class Evaluator:
         every = self._config.every
         if not every or round_num % every:
             return None
-        groups = evaluation_groups(self._source, self._config.on, self._seed, self._config.clients,
-                                   round_cohort.clients)
+        groups = evaluation_groups(
+            self._source, self._config.on, self._seed, self._config.clients, round_cohort.clients
+        )
         return self._runtime.evaluate(state, groups)

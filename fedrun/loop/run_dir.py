@@ -46,8 +46,11 @@ class RoundsFile:
     def keep_up_to(self, last_round: int) -> None:
         """On resume: keep the records of checkpointed rounds, drop later ones (they run again)
         and a line torn by a crash, which is reported, never silently kept."""
+
         def torn(number: int) -> None:
-            _LOG.warning("%s line %d is torn (the run was killed while writing it); dropped", self.path, number)
+            _LOG.warning(
+                "%s line %d is torn (the run was killed while writing it); dropped", self.path, number
+            )
 
         kept = [line for line, record in self._lines(torn) if record.round <= last_round]
         write_bytes_atomically(self.path, "".join(kept).encode())
@@ -56,7 +59,9 @@ class RoundsFile:
         try:
             lines = self.path.read_text().splitlines(keepends=True)
         except FileNotFoundError:
-            raise FedrunError(f"{self.path} does not exist: give the --out directory of a fedrun run") from None
+            raise FedrunError(
+                f"{self.path} does not exist: give the --out directory of a fedrun run"
+            ) from None
         parsed = []
         for number, line in enumerate(lines, 1):
             if not line.strip():
@@ -67,8 +72,10 @@ class RoundsFile:
                 parsed.append((line, RoundRecord.from_json(json.loads(line))))
             except (ValueError, TypeError, KeyError) as e:
                 if on_torn is None or number < len(lines):
-                    raise FedrunError(f"{self.path} line {number} is not a round record of this fedrun "
-                                      f"version ({e}): the file is damaged or from an older fedrun") from None
+                    raise FedrunError(
+                        f"{self.path} line {number} is not a round record of this fedrun "
+                        f"version ({e}): the file is damaged or from an older fedrun"
+                    ) from None
                 on_torn(number)
         return parsed
 
@@ -89,8 +96,10 @@ class RunDirectory:
             probe.write_text("")
             probe.unlink()
         except OSError as e:
-            raise FedrunError(f"cannot write to output directory {self.path} ({e.strerror}): "
-                              f"choose a writable --out directory") from None
+            raise FedrunError(
+                f"cannot write to output directory {self.path} ({e.strerror}): "
+                f"choose a writable --out directory"
+            ) from None
 
     def write_config(self, config: RunConfig) -> None:
         write_bytes_atomically(self.path / CONFIG, config_toml(config).encode())
@@ -108,4 +117,3 @@ class RunDirectory:
         buffer = io.BytesIO()
         np.savez(buffer, **arrays)
         write_bytes_atomically(self.weights_file, buffer.getvalue())
-

@@ -25,11 +25,20 @@ if TYPE_CHECKING:
 def open_source(config: RunConfig) -> ClientDataSource:
     """The run's clients; a FedrunError if they are too few for a round."""
     data, workload = config.data, config.workload
-    source = create_source(SourceOptions(data=data.source, data_dir=data.data_dir, test_data=data.test_data,
-                                         population=data.population, heldout=config.eval.clients))
+    source = create_source(
+        SourceOptions(
+            data=data.source,
+            data_dir=data.data_dir,
+            test_data=data.test_data,
+            population=data.population,
+            heldout=config.eval.clients,
+        )
+    )
     if workload.clients_per_round > source.population:
-        raise FedrunError(f"--data {data.source} has {source.population} training clients, fewer than "
-                          f"--clients-per-round {workload.clients_per_round}: lower it (or --eval-clients)")
+        raise FedrunError(
+            f"--data {data.source} has {source.population} training clients, fewer than "
+            f"--clients-per-round {workload.clients_per_round}: lower it (or --eval-clients)"
+        )
     return source
 
 
@@ -45,7 +54,9 @@ def runtime_over(backend: WorkerBackend, algorithm: FederatedAlgorithm, config: 
     from fedrun.runtime.execution import RoundRuntime  # loads TensorFlow
 
     dispatch = config.dispatch
-    return RoundRuntime.over(backend, algorithm, config.num_shards, dispatch.rpc_timeout_s, dispatch.recycle_every)
+    return RoundRuntime.over(
+        backend, algorithm, config.num_shards, dispatch.rpc_timeout_s, dispatch.recycle_every
+    )
 
 
 def simulate(config: RunConfig, observers: list[RunObserver], resume: bool = False) -> None:

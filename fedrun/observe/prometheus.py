@@ -23,7 +23,25 @@ from fedrun.loop.records import RoundRecord
 log = logging.getLogger(__name__)
 
 # From a small simulation's tens-of-milliseconds shards to rounds of many minutes.
-DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, float("inf"))
+DURATION_BUCKETS = (
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    1800,
+    float("inf"),
+)
 PUSH_TIMEOUT_S = 5.0  # a push happens in the round loop: a dead gateway must not stall it for long
 
 
@@ -51,8 +69,15 @@ class PrometheusMetrics:
     round's record; code that calls them directly must not also report those events in records.
     """
 
-    def __init__(self, registry: CollectorRegistry, *, port: int = 0, host: str = "127.0.0.1",
-                 pushgateway: str = "", run: str = ""):
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        pushgateway: str = "",
+        run: str = "",
+    ):
         self._port = port
         self._host = host
         self._pushgateway = pushgateway
@@ -75,38 +100,58 @@ class PrometheusMetrics:
             return Gauge(name, doc, labels, registry=registry)
 
         self.round_duration = histogram(
-            "fedrun_round_duration_seconds", "Wall time of a training round, sampling to new server state.")
+            "fedrun_round_duration_seconds", "Wall time of a training round, sampling to new server state."
+        )
         self.eval_duration = histogram(
-            "fedrun_eval_duration_seconds", "Wall time of a round's federated evaluation, all groups.")
+            "fedrun_eval_duration_seconds", "Wall time of a round's federated evaluation, all groups."
+        )
         self.shard_duration = histogram(
-            "fedrun_shard_duration_seconds", "Wall time of one shard of a training round on a worker.",
-            ("worker",))
+            "fedrun_shard_duration_seconds",
+            "Wall time of one shard of a training round on a worker.",
+            ("worker",),
+        )
         self.client_duration = histogram(
             "fedrun_client_training_duration_seconds",
             "Estimated local-training time per client: shard duration divided by the clients in the "
-            "shard (clients are not timed one by one); observed once per client.")
+            "shard (clients are not timed one by one); observed once per client.",
+        )
         self.clients = counter("fedrun_clients_trained_total", "Clients that took part in training rounds.")
-        self.examples = counter("fedrun_examples_trained_total", "Examples processed in training, all epochs.")
+        self.examples = counter(
+            "fedrun_examples_trained_total", "Examples processed in training, all epochs."
+        )
         self.bytes_sent = counter(
-            "fedrun_sent_to_workers_bytes_total", "Serialized gRPC requests sent to workers in training rounds.")
+            "fedrun_sent_to_workers_bytes_total",
+            "Serialized gRPC requests sent to workers in training rounds.",
+        )
         self.bytes_received = counter(
             "fedrun_received_from_workers_bytes_total",
-            "Serialized gRPC responses received from workers in training rounds.")
-        self.failures = counter("fedrun_worker_failures_total", "Worker failures seen by the coordinator.",
-                                ("worker",))
+            "Serialized gRPC responses received from workers in training rounds.",
+        )
+        self.failures = counter(
+            "fedrun_worker_failures_total", "Worker failures seen by the coordinator.", ("worker",)
+        )
         self.retries = counter("fedrun_shard_retries_total", "Shards dispatched again after a failure.")
-        self.recycles = counter("fedrun_worker_recycles_total",
-                                "Workers replaced by fresh ones between rounds (recycle_workers_every).")
-        self.round = gauge("fedrun_round", "Number of the last completed training round (0 before the first).")
+        self.recycles = counter(
+            "fedrun_worker_recycles_total",
+            "Workers replaced by fresh ones between rounds (recycle_workers_every).",
+        )
+        self.round = gauge(
+            "fedrun_round", "Number of the last completed training round (0 before the first)."
+        )
         self.rounds_planned = gauge("fedrun_rounds_planned", "Training rounds the run is configured for.")
         self.workers_alive = gauge("fedrun_workers_alive", "Workers in the pool, as of the last round's end.")
         self.train_loss = gauge("fedrun_train_loss", "Mean client loss during local training, last round.")
         self.train_accuracy = gauge(
-            "fedrun_train_accuracy", "Client accuracy (0-1) during local training, last round.")
-        self.eval_loss = gauge("fedrun_eval_loss", "Loss of the latest evaluated model, by client group.",
-                               ("group",))
+            "fedrun_train_accuracy", "Client accuracy (0-1) during local training, last round."
+        )
+        self.eval_loss = gauge(
+            "fedrun_eval_loss", "Loss of the latest evaluated model, by client group.", ("group",)
+        )
         self.eval_accuracy = gauge(
-            "fedrun_eval_accuracy", "Accuracy (0-1) of the latest evaluated model, by client group.", ("group",))
+            "fedrun_eval_accuracy",
+            "Accuracy (0-1) of the latest evaluated model, by client group.",
+            ("group",),
+        )
 
     def on_start(self, config: RunConfig, workers: list[Worker]) -> None:
         self.rounds_planned.set(config.workload.rounds)
@@ -116,7 +161,9 @@ class PrometheusMetrics:
             self.shard_duration.labels(worker.worker_id)
         if self._port:
             try:
-                self._server, self._server_thread = start_http_server(self._port, self._host, registry=self._view)
+                self._server, self._server_thread = start_http_server(
+                    self._port, self._host, registry=self._view
+                )
             except OSError as e:
                 raise self._port_error(e) from None
 
@@ -173,20 +220,32 @@ class PrometheusMetrics:
             raise self._port_error(e) from None
 
     def _port_error(self, error: OSError) -> FedrunError:
-        return FedrunError(f"cannot serve metrics on {self._host}:{self._port} ({error.strerror or error}): "
-                           f"choose a free --metrics-port or another --metrics-host")
+        return FedrunError(
+            f"cannot serve metrics on {self._host}:{self._port} ({error.strerror or error}): "
+            f"choose a free --metrics-port or another --metrics-host"
+        )
 
     def _push(self) -> None:
-        """Replaces the run's metrics on the gateway; a failed push warns once per outage, never stops the run."""
+        """Replaces the run's metrics on the gateway; a failed push warns once per outage and never
+        stops the run."""
         if not self._pushgateway:
             return
         try:
-            push_to_gateway(self._pushgateway, job="fedrun", registry=self._view, timeout=PUSH_TIMEOUT_S,
-                            grouping_key=self._grouping_key)
+            push_to_gateway(
+                self._pushgateway,
+                job="fedrun",
+                registry=self._view,
+                timeout=PUSH_TIMEOUT_S,
+                grouping_key=self._grouping_key,
+            )
         except (OSError, ValueError) as e:
             if not self._push_failing:
-                log.warning("cannot push metrics to the Pushgateway at %s (%s); the run goes "
-                            "on, and this is not repeated until a push succeeds", self._pushgateway, e)
+                log.warning(
+                    "cannot push metrics to the Pushgateway at %s (%s); the run goes "
+                    "on, and this is not repeated until a push succeeds",
+                    self._pushgateway,
+                    e,
+                )
             self._push_failing = True
         else:
             self._push_failing = False

@@ -15,8 +15,10 @@ _CONFIG_ROWS = ("backend", "workers", "clients-per-round", "epochs", "model", "d
 
 
 def round_line(record: RoundRecord) -> str:
-    line = (f"round {record.round:4d}  loss {record.train['loss']:.4f}  acc {record.train['accuracy']:.4f}"
-            f"  latency {record.latency_s:6.2f}s  {record.examples_per_s:8.0f} examples/s")
+    line = (
+        f"round {record.round:4d}  loss {record.train['loss']:.4f}  acc {record.train['accuracy']:.4f}"
+        f"  latency {record.latency_s:6.2f}s  {record.examples_per_s:8.0f} examples/s"
+    )
     if record.eval:
         line += "".join(f"  eval[{name}] acc {m['accuracy']:.4f}" for name, m in record.eval.items())
     return line
@@ -53,22 +55,34 @@ def summary_rows(records: Sequence[RoundRecord], config: RunConfig | None) -> li
         ("examples trained (all epochs)", f"{sum(r.examples_trained for r in records)}"),
         ("examples/s median", f"{np.median([r.examples_per_s for r in records]):.0f}"),
         ("clients/s median", f"{np.median([r.clients_per_s for r in records]):.1f}"),
-        ("bytes to / from workers, all rounds",
-         f"{sum(r.bytes_to_workers for r in records)} / {sum(r.bytes_from_workers for r in records)}"),
+        (
+            "bytes to / from workers, all rounds",
+            f"{sum(r.bytes_to_workers for r in records)} / {sum(r.bytes_from_workers for r in records)}",
+        ),
         ("worker failures (their shards ran again)", f"{sum(len(r.failures) for r in records)}"),
-        (f"train loss / accuracy (round {last.round})", f"{last.train['loss']:.4f} / {last.train['accuracy']:.4f}"),
+        (
+            f"train loss / accuracy (round {last.round})",
+            f"{last.train['loss']:.4f} / {last.train['accuracy']:.4f}",
+        ),
     ]
     evaluated = [r for r in records if r.eval]
     if evaluated:
         for group, metrics in evaluated[-1].eval.items():
-            rows.append((f"eval {group} loss / accuracy (round {evaluated[-1].round})",
-                         f"{metrics['loss']:.4f} / {metrics['accuracy']:.4f}"))
+            rows.append(
+                (
+                    f"eval {group} loss / accuracy (round {evaluated[-1].round})",
+                    f"{metrics['loss']:.4f} / {metrics['accuracy']:.4f}",
+                )
+            )
         for group in evaluated[-1].eval:
             best = max((r for r in evaluated if group in r.eval), key=lambda r: r.eval[group]["accuracy"])
-            rows.append((f"best eval {group} accuracy",
-                         f"{best.eval[group]['accuracy']:.4f} (round {best.round})"))
+            rows.append(
+                (f"best eval {group} accuracy", f"{best.eval[group]['accuracy']:.4f} (round {best.round})")
+            )
     if config:
-        rows += [(f"config {flag.replace('-', '_')}", f"{config.value(BY_FLAG[flag])}") for flag in _CONFIG_ROWS]
+        rows += [
+            (f"config {flag.replace('-', '_')}", f"{config.value(BY_FLAG[flag])}") for flag in _CONFIG_ROWS
+        ]
     return rows
 
 

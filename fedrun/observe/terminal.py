@@ -20,8 +20,12 @@ class TerminalProgress:
     def on_start(self, config: RunConfig, workers: list[Worker]) -> None:
         # disable=None: tqdm draws the bar only on a terminal; logs and pipes get the round lines.
         self._config = config
-        self._bar = tqdm(total=config.workload.rounds, unit="round", leave=False,
-                         disable=None if config.observe.progress else True)
+        self._bar = tqdm(
+            total=config.workload.rounds,
+            unit="round",
+            leave=False,
+            disable=None if config.observe.progress else True,
+        )
 
     def on_round(self, record: RoundRecord) -> None:
         self.records.append(record)

@@ -11,6 +11,7 @@ from matplotlib.ticker import MaxNLocator
 
 from fedrun.loop.records import RoundRecord, ShardRecord
 from fedrun.observe.summary import latency_percentiles, running_time
+
 _PERCENTILE_COLORS = {50: "tab:green", 95: "tab:orange", 99: "tab:red"}
 _TRAIN_LABEL = "train (clients, during local training)"
 _EVAL_LABELS = {"round_clients": "eval: the round's clients", "heldout": "eval: held-out clients"}
@@ -20,7 +21,9 @@ def worker_timeline(record: RoundRecord) -> dict[str, list[tuple[float, float, S
     """Per worker, its shards as (start, duration, shard), in seconds since the round started."""
     timeline: dict[str, list[tuple[float, float, ShardRecord]]] = {}
     for shard in sorted(record.shards, key=lambda s: s.start):
-        timeline.setdefault(shard.worker, []).append((shard.start - record.start, shard.end - shard.start, shard))
+        timeline.setdefault(shard.worker, []).append(
+            (shard.start - record.start, shard.end - shard.start, shard)
+        )
     return timeline
 
 
@@ -38,8 +41,9 @@ def learning_curves(records: Sequence[RoundRecord], metric: str, ylabel: str) ->
     times = dict(zip((r.round for r in records), running_time(records)))
     series = {_TRAIN_LABEL: [(r.round, r.train[metric]) for r in records]}
     for group in dict.fromkeys(g for r in records for g in r.eval):
-        series[_EVAL_LABELS.get(group, f"eval: {group}")] = [(r.round, r.eval[group][metric]) for r in records
-                                                              if group in r.eval]
+        series[_EVAL_LABELS.get(group, f"eval: {group}")] = [
+            (r.round, r.eval[group][metric]) for r in records if group in r.eval
+        ]
     for label, points in series.items():
         rounds, values = zip(*points)
         marker = "." if len(points) <= 60 else None  # dots help a short run, clutter a long one
@@ -47,8 +51,9 @@ def learning_curves(records: Sequence[RoundRecord], metric: str, ylabel: str) ->
         by_time.plot([times[n] for n in rounds], values, marker=marker, label=label)
     by_round.set(xlabel="round", ylabel=ylabel, title="by round")
     by_round.xaxis.set_major_locator(MaxNLocator(integer=True))
-    by_time.set(xlabel="running time (s, a resumed run continues its clock)", ylabel=ylabel,
-                title="by running time")
+    by_time.set(
+        xlabel="running time (s, a resumed run continues its clock)", ylabel=ylabel, title="by running time"
+    )
     by_round.legend()
     return figure
 
@@ -68,8 +73,12 @@ def latency_per_round(records: Sequence[RoundRecord]) -> Figure:
     else:  # bars thinner than a pixel would vanish
         ax.plot(rounds, latencies, color="tab:blue", linewidth=0.8, label=label)
     _percentile_lines(ax, latency_percentiles(records), vertical=False)
-    ax.set(xlabel="round", ylabel="round latency (s)", ylim=(0, None),
-           title="Round latency per round (the first round includes tracing the computations)")
+    ax.set(
+        xlabel="round",
+        ylabel="round latency (s)",
+        ylim=(0, None),
+        title="Round latency per round (the first round includes tracing the computations)",
+    )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(loc="upper right")
     return figure
@@ -78,11 +87,20 @@ def latency_per_round(records: Sequence[RoundRecord]) -> Figure:
 def latency_cdf(records: Sequence[RoundRecord]) -> Figure:
     figure, (ax,) = _figure()
     latencies = np.sort([r.latency_s for r in records])
-    ax.step(latencies, np.arange(1, len(latencies) + 1) / len(latencies), where="post", color="tab:blue",
-            label=f"{len(latencies)} rounds")
+    ax.step(
+        latencies,
+        np.arange(1, len(latencies) + 1) / len(latencies),
+        where="post",
+        color="tab:blue",
+        label=f"{len(latencies)} rounds",
+    )
     _percentile_lines(ax, latency_percentiles(records), vertical=True)
-    ax.set(xlabel="round latency (s)", ylabel="fraction of rounds at most this slow", ylim=(0, 1.05),
-           title="Distribution of round latency (CDF)")
+    ax.set(
+        xlabel="round latency (s)",
+        ylabel="fraction of rounds at most this slow",
+        ylim=(0, 1.05),
+        title="Distribution of round latency (CDF)",
+    )
     ax.legend(loc="lower right")
     return figure
 
@@ -101,17 +119,34 @@ def gantt(record: RoundRecord, workers: list[str]) -> Figure:
             ax.broken_barh([(start, duration)], (y - 0.35, 0.7), color=colors[shard.shard], edgecolor="black")
             if duration > 0.06 * record.latency_s:  # narrower bars stay unlabelled rather than overprinted
                 clients = f"{len(shard.clients)} client" + ("s" if len(shard.clients) != 1 else "")
-                ax.text(start + duration / 2, y, f"shard {shard.shard}\n{clients}", ha="center", va="center",
-                        fontsize=8)
+                ax.text(
+                    start + duration / 2,
+                    y,
+                    f"shard {shard.shard}\n{clients}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                )
         labels.append(f"{worker}\nidle {record.latency_s - busy:.3f} s")
     last_shard_end = max((s.end - record.start for s in record.shards), default=0.0)
     ax.broken_barh([(last_shard_end, record.latency_s - last_shard_end)], (-0.35, 0.7), color="0.5")
     ax.axvline(record.latency_s, color="black", linestyle=":")
     ax.set_yticks(range(len(labels)), labels)
-    failures = f"; {len(record.failures)} worker failure(s), their shards ran again" if record.failures else ""
-    ax.set(xlabel="seconds since the round started", xlim=(0, record.latency_s * 1.02),
-           title=f"Round {record.round}: shards per worker (round latency {record.latency_s:.3f} s{failures})")
-    ax.legend(handles=[Patch(color="0.9", label="idle"), Patch(color="0.5", label="merge + server update"),
-                       Line2D([], [], color="black", linestyle=":", label="round end")],
-              loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    failures = (
+        f"; {len(record.failures)} worker failure(s), their shards ran again" if record.failures else ""
+    )
+    ax.set(
+        xlabel="seconds since the round started",
+        xlim=(0, record.latency_s * 1.02),
+        title=f"Round {record.round}: shards per worker (round latency {record.latency_s:.3f} s{failures})",
+    )
+    ax.legend(
+        handles=[
+            Patch(color="0.9", label="idle"),
+            Patch(color="0.5", label="merge + server update"),
+            Line2D([], [], color="black", linestyle=":", label="round end"),
+        ],
+        loc="upper left",
+        bbox_to_anchor=(1.0, 1.0),
+    )
     return figure

@@ -23,21 +23,27 @@ _LOG = logging.getLogger(__name__)
 def write_report(run_dir: Path, round_num: int | None = None, out: Path | None = None) -> Path:
     """Writes the PNGs and summary.md into `out` (default DIR/report) and returns summary.md's path."""
     rounds = RunDirectory(run_dir).rounds
-    records = rounds.read(on_torn=lambda number: _LOG.warning(
-        "skipped the incomplete last line of %s (a round still being written)", rounds.path))
+    records = rounds.read(
+        on_torn=lambda number: _LOG.warning(
+            "skipped the incomplete last line of %s (a round still being written)", rounds.path
+        )
+    )
     if not records:
         raise FedrunError(f"no round has finished yet in {rounds.path}: try again after the first round")
     by_number = {r.round: r for r in records}
     chosen = by_number.get(records[-1].round if round_num is None else round_num)
     if chosen is None:
-        raise FedrunError(f"round {round_num} is not in {rounds.path}: choose --round between "
-                          f"{records[0].round} and {records[-1].round}")
+        raise FedrunError(
+            f"round {round_num} is not in {rounds.path}: choose --round between "
+            f"{records[0].round} and {records[-1].round}"
+        )
     out = out or run_dir / "report"
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise FedrunError(f"cannot create the report directory {out} ({e.strerror}): "
-                          f"choose another --out") from None
+        raise FedrunError(
+            f"cannot create the report directory {out} ({e.strerror}): choose another --out"
+        ) from None
 
     workers = sorted({s.worker for r in records for s in r.shards})
     plots = {
@@ -51,8 +57,16 @@ def write_report(run_dir: Path, round_num: int | None = None, out: Path | None =
         FigureCanvasAgg(figure).print_png(out / name)
 
     rows = summary_rows(records, _config(run_dir))
-    lines = [f"# fedrun report: {run_dir}", "", "| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows), "",
-             "## Plots", ""]
+    lines = [
+        f"# fedrun report: {run_dir}",
+        "",
+        "| | |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in rows),
+        "",
+        "## Plots",
+        "",
+    ]
     lines += [f"![{name.removesuffix('.png')}]({name})" for name in plots]
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")

@@ -73,9 +73,14 @@ class Dispatcher:
     `can_recycle`: whether `replace` starts a new process, which `recycle` needs.
     """
 
-    def __init__(self, sessions: Sequence[Session], is_alive: Callable[[str], bool],
-                 replace: Callable[[str], Session] | None = None, can_recycle: bool = False,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        sessions: Sequence[Session],
+        is_alive: Callable[[str], bool],
+        replace: Callable[[str], Session] | None = None,
+        can_recycle: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._sessions = list(sessions)
         self._is_alive = is_alive
         self._replace = replace
@@ -86,9 +91,12 @@ class Dispatcher:
     def for_backend(cls, backend: WorkerBackend, session: Callable[[Any], Session]) -> Dispatcher:
         """Over the backend's started workers (`session(worker)` connects to one); a failed or
         recycled worker's slot is refilled by the backend."""
-        return cls([session(w) for w in backend.workers()], backend.is_alive,
-                   lambda worker_id: session(backend.replace(worker_id)),
-                   can_recycle=backend.capabilities.starts_workers)
+        return cls(
+            [session(w) for w in backend.workers()],
+            backend.is_alive,
+            lambda worker_id: session(backend.replace(worker_id)),
+            can_recycle=backend.capabilities.starts_workers,
+        )
 
     def close(self, wait: bool = True) -> None:
         """Closes the sessions to the current workers (the backend stops the workers)."""
@@ -147,9 +155,11 @@ class Dispatcher:
                     raise NoWorkersLeft(
                         f"no worker is left to run shard {pending[0]}: every worker failed and none "
                         f"could be replaced. Completed rounds are kept in the output directory; "
-                        f"check the worker logs, then resume with --resume.")
+                        f"check the worker logs, then resume with --resume."
+                    )
                 done, _ = concurrent.futures.wait(
-                    running, timeout=POLL_S, return_when=concurrent.futures.FIRST_COMPLETED)
+                    running, timeout=POLL_S, return_when=concurrent.futures.FIRST_COMPLETED
+                )
                 for future in done:
                     index, session, start = running.pop(future)
                     try:
@@ -164,8 +174,13 @@ class Dispatcher:
                 for future, (index, session, _) in list(running.items()):
                     if not self._is_alive(session.worker.worker_id):
                         del running[future]
-                        lost(index, session, WorkerCallError(
-                            session.worker, "a running shard", None, "the worker process exited"))
+                        lost(
+                            index,
+                            session,
+                            WorkerCallError(
+                                session.worker, "a running shard", None, "the worker process exited"
+                            ),
+                        )
         finally:
             for future in running:
                 future.cancel()

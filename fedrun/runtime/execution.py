@@ -49,8 +49,9 @@ class EvalOutcome:
 class RoundRuntime:
     """Runs an algorithm's rounds over a dispatcher's workers."""
 
-    def __init__(self, dispatcher: Dispatcher, algorithm: FederatedAlgorithm, num_shards: int,
-                 recycle_every: int = 0):
+    def __init__(
+        self, dispatcher: Dispatcher, algorithm: FederatedAlgorithm, num_shards: int, recycle_every: int = 0
+    ):
         self.dispatcher = dispatcher
         self.algorithm = algorithm
         self._num_shards = num_shards
@@ -58,8 +59,14 @@ class RoundRuntime:
         self._eval_initial: Any = None  # evaluation's initial state; each evaluation starts from it
 
     @classmethod
-    def over(cls, backend: WorkerBackend, algorithm: FederatedAlgorithm, num_shards: int,
-             rpc_timeout_s: float, recycle_every: int = 0) -> RoundRuntime:
+    def over(
+        cls,
+        backend: WorkerBackend,
+        algorithm: FederatedAlgorithm,
+        num_shards: int,
+        rpc_timeout_s: float,
+        recycle_every: int = 0,
+    ) -> RoundRuntime:
         """Over a started backend's workers, each dialled with `rpc_timeout_s` on every call."""
         dispatcher = Dispatcher.for_backend(backend, lambda worker: WorkerSession(worker, rpc_timeout_s))
         return cls(dispatcher, algorithm, num_shards, recycle_every)
@@ -76,8 +83,9 @@ class RoundRuntime:
         recycled = self._recycle_if_due(round_num)
         start = time.monotonic()
         shards = make_shards(cohort.sizes, self._num_shards)
-        result = run_sharded(self.dispatcher, self.algorithm.train_form, state,
-                             self.algorithm.train_data(cohort.keys), shards)
+        result = run_sharded(
+            self.dispatcher, self.algorithm.train_form, state, self.algorithm.train_data(cohort.keys), shards
+        )
         return TrainOutcome(
             state=result.value.state,
             metrics=train_metrics(result.value.metrics),
@@ -96,14 +104,19 @@ class RoundRuntime:
         evaluation = self.algorithm.evaluation
         if self._eval_initial is None:
             self._eval_initial = self.dispatcher.call(evaluation.initialize)
-        eval_state = self.dispatcher.call(evaluation.set_model_weights,
-                                          [self._eval_initial, state.global_model_weights])
+        eval_state = self.dispatcher.call(
+            evaluation.set_model_weights, [self._eval_initial, state.global_model_weights]
+        )
         metrics = {}
         for name, group in groups.items():
             if len(group.clients):
-                result = run_sharded(self.dispatcher, self.algorithm.eval_form, eval_state,
-                                     self.algorithm.eval_data(group.keys),
-                                     make_shards(group.sizes, self._num_shards))
+                result = run_sharded(
+                    self.dispatcher,
+                    self.algorithm.eval_form,
+                    eval_state,
+                    self.algorithm.eval_data(group.keys),
+                    make_shards(group.sizes, self._num_shards),
+                )
                 metrics[name] = eval_metrics(result.value.metrics)
         return EvalOutcome(metrics, time.monotonic() - start)
 

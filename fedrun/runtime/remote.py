@@ -160,7 +160,9 @@ class ExecutorPool(tff.framework.ExecutorFactory):
     def __init__(self, stub: tff.framework.RemoteExecutorStub, capacity: int = _MAX_EXECUTORS):
         self._stub = stub
         self._capacity = capacity
-        self._executors: collections.OrderedDict[tuple, _ComputationCachingExecutor] = collections.OrderedDict()
+        self._executors: collections.OrderedDict[tuple, _ComputationCachingExecutor] = (
+            collections.OrderedDict()
+        )
 
     def create_executor(self, cardinalities):
         key = self._key(cardinalities)
@@ -184,5 +186,3 @@ class ExecutorPool(tff.framework.ExecutorFactory):
     @staticmethod
     def _key(cardinalities) -> tuple:
         return tuple(sorted((str(p), n) for p, n in {tff.CLIENTS: 0, **cardinalities}.items()))
-
-

@@ -57,7 +57,8 @@ class WorkerSession:
         )
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"session-{worker.worker_id}", daemon=True)
+            target=self._loop.run_forever, name=f"session-{worker.worker_id}", daemon=True
+        )
         self._thread.start()
 
     def submit(self, comp: tff.Computation, arg: Any = None) -> concurrent.futures.Future[CallResult]:

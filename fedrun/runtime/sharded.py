@@ -28,14 +28,24 @@ class ShardedResult:
     traffic: Traffic
 
 
-def run_sharded(dispatcher: Dispatcher, form: tff.framework.MergeableCompForm, server_arg: Any,
-                client_keys: Sequence[Any], shards: Sequence[Shard]) -> ShardedResult:
+def run_sharded(
+    dispatcher: Dispatcher,
+    form: tff.framework.MergeableCompForm,
+    server_arg: Any,
+    client_keys: Sequence[Any],
+    shards: Sequence[Shard],
+) -> ShardedResult:
     shard_args = [[server_arg, [client_keys[p] for p in shard.positions]] for shard in shards]
     partials = dispatcher.map(form.up_to_merge, shard_args)
-    finish = dispatcher.map(merge_and_finish(form, len(shards)),
-                            [[[server_arg, list(client_keys)], partials.results]])
-    return ShardedResult(finish.results[0], partials.timings, partials.failures + finish.failures,
-                         partials.traffic + finish.traffic)
+    finish = dispatcher.map(
+        merge_and_finish(form, len(shards)), [[[server_arg, list(client_keys)], partials.results]]
+    )
+    return ShardedResult(
+        finish.results[0],
+        partials.timings,
+        partials.failures + finish.failures,
+        partials.traffic + finish.traffic,
+    )
 
 
 @functools.lru_cache(maxsize=_MAX_FOLDS)  # a form hashes by identity

@@ -26,8 +26,11 @@ class Cohort:
 
     def subset(self, positions: Sequence[int]) -> Cohort:
         """The clients at `positions` (ascending), in cohort order."""
-        return Cohort(self.clients[list(positions)], [self.sizes[p] for p in positions],
-                      [self.keys[p] for p in positions])
+        return Cohort(
+            self.clients[list(positions)],
+            [self.sizes[p] for p in positions],
+            [self.keys[p] for p in positions],
+        )
 
 
 def training_cohort(source: ClientDataSource, seed: int, round_num: int, k: int) -> Cohort:
@@ -50,14 +53,20 @@ def evaluation_cohort(source: ClientDataSource, clients: np.ndarray) -> Cohort:
     )
 
 
-def evaluation_groups(source: ClientDataSource, eval_on: str, seed: int, size: int,
-                      round_clients: np.ndarray) -> dict[str, Cohort]:
+def evaluation_groups(
+    source: ClientDataSource, eval_on: str, seed: int, size: int, round_clients: np.ndarray
+) -> dict[str, Cohort]:
     """The client groups a round's model is evaluated on, by name (`eval_on`, comma-separated):
     the round's own clients, the held-out clients that never train, or a fixed sample of `size`
     training clients (drawn once from round 0's stream, which no training round uses)."""
-    clients = dict(zip(EVAL_GROUPS, (
-        lambda: round_clients,
-        source.heldout_clients,
-        lambda: sample_clients(seed, 0, source.population, min(size, source.population)),
-    )))
+    clients = dict(
+        zip(
+            EVAL_GROUPS,
+            (
+                lambda: round_clients,
+                source.heldout_clients,
+                lambda: sample_clients(seed, 0, source.population, min(size, source.population)),
+            ),
+        )
+    )
     return {name: evaluation_cohort(source, clients[name]()) for name in eval_on.split(",")}

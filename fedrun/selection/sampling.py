@@ -1,5 +1,7 @@
 """Which clients take part in a round: pure, seeded functions of (seed, round)."""
 
+import hashlib
+
 import numpy as np
 
 
@@ -9,7 +11,8 @@ def round_rng(seed: int, round_num: int, stream: str) -> np.random.Generator:
 
 
 def _stream_id(stream: str) -> int:
-    return int.from_bytes(stream.encode()[:8].ljust(8, b"\0"), "little")
+    """64 bits of a hash of the whole name: names that share a prefix get unrelated streams."""
+    return int.from_bytes(hashlib.sha256(stream.encode()).digest()[:8], "little")
 
 
 def sample_clients(seed: int, round_num: int, population: int, k: int) -> np.ndarray:

@@ -18,10 +18,10 @@ import psutil
 import pytest
 
 from cluster import ClusterSettings, WorkerBackend, WorkerError, WorkerSettings, create_backend
-from tests.support.runs import max_weight_difference, run_coordinator
-from tests.support.configs import flat_config
-from tests.support.waiting import eventually, grpc_ready, live_descendants
 from tests.support.backends import CONFIG, ExternalWorkers, running, started_processes
+from tests.support.configs import flat_config
+from tests.support.runs import max_weight_difference, run_coordinator
+from tests.support.waiting import eventually, grpc_ready, live_descendants
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -53,7 +53,9 @@ def under_test(request: pytest.FixtureRequest) -> Iterator[BackendUnderTest]:
         return
     external = ExternalWorkers(2)  # the "pods" of someone else, which this fixture starts
     try:
-        backend = create_backend(ClusterSettings(WorkerSettings(backend="static", addresses=external.addresses)))
+        backend = create_backend(
+            ClusterSettings(WorkerSettings(backend="static", addresses=external.addresses))
+        )
         yield BackendUnderTest(backend, external.restart)
         backend.stop()
     finally:
@@ -88,8 +90,9 @@ def test_start_gives_ready_workers_and_stop_ends_every_process(backend: WorkerBa
         backend.is_alive(workers[0].worker_id)
 
 
-def test_rounds_equal_single_process_tff(backend: WorkerBackend, source, algorithm, reference,
-                                         tmp_path: Path) -> None:
+def test_rounds_equal_single_process_tff(
+    backend: WorkerBackend, source, algorithm, reference, tmp_path: Path
+) -> None:
     config = flat_config(CONFIG, workers=2, shards=3)
     workers = backend.start(config.workers.count)
 
@@ -137,7 +140,9 @@ def binary_serving(target: str, binaries: list[psutil.Process]) -> psutil.Proces
     else:
         port = int(target.rsplit(":", 1)[1])
         for binary in binaries:
-            if any(c.laddr.port == port and c.status == psutil.CONN_LISTEN
-                   for c in binary.net_connections(kind="tcp")):
+            if any(
+                c.laddr.port == port and c.status == psutil.CONN_LISTEN
+                for c in binary.net_connections(kind="tcp")
+            ):
                 return binary
     raise AssertionError(f"no worker_binary serves {target}")

@@ -20,9 +20,25 @@ from tests.support.processes import fedrun
 
 pytestmark = pytest.mark.timeout(120)
 
-SMALL = ["--rounds", "1", "--clients-per-round", "4", "--epochs", "1", "--population", "20", "--eval-clients", "2",
-         "--no-progress", "--no-tensorboard"]
-EARLIER = {"rounds.jsonl": '{"round": 1}\n', "checkpoint.npz": "earlier checkpoint", "config.toml": "rounds = 1\n"}
+SMALL = [
+    "--rounds",
+    "1",
+    "--clients-per-round",
+    "4",
+    "--epochs",
+    "1",
+    "--population",
+    "20",
+    "--eval-clients",
+    "2",
+    "--no-progress",
+    "--no-tensorboard",
+]
+EARLIER = {
+    "rounds.jsonl": '{"round": 1}\n',
+    "checkpoint.npz": "earlier checkpoint",
+    "config.toml": "rounds = 1\n",
+}
 
 
 def closed_port() -> int:
@@ -61,8 +77,16 @@ def case_files(tmp: Path) -> dict[str, list[str]]:
         "worker binary not executable": ["--worker-binary", str(tmp / "not_executable")],
         # The static backend waits up to --worker-start-timeout-s for a worker that may still be
         # starting (a pod); the user bounds that wait.
-        "unreachable worker address": ["--backend", "static", "--workers", "1", "--worker-start-timeout-s", "1",
-                                       "--worker-addresses", f"127.0.0.1:{closed_port()}"],
+        "unreachable worker address": [
+            "--backend",
+            "static",
+            "--workers",
+            "1",
+            "--worker-start-timeout-s",
+            "1",
+            "--worker-addresses",
+            f"127.0.0.1:{closed_port()}",
+        ],
     }
 
 
@@ -119,9 +143,24 @@ def test_a_grpc_server_that_is_not_a_tff_executor_is_refused(tmp_path):
     try:
         address = f"127.0.0.1:{server.server_address[1]}"
         result = subprocess.run(
-            fedrun("run", *SMALL, "--backend", "static", "--workers", "1", "--worker-addresses", address,
-                   "--worker-start-timeout-s", "5", "--out", str(tmp_path / "o")),
-            capture_output=True, text=True, timeout=60)
+            fedrun(
+                "run",
+                *SMALL,
+                "--backend",
+                "static",
+                "--workers",
+                "1",
+                "--worker-addresses",
+                address,
+                "--worker-start-timeout-s",
+                "5",
+                "--out",
+                str(tmp_path / "o"),
+            ),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     finally:
         server.shutdown()
     assert result.returncode == 2
@@ -133,14 +172,24 @@ def test_a_taken_metrics_port_is_refused(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run(fedrun("run", *SMALL, "--metrics-port", str(port), "--out", str(tmp_path / "o")),
-                                capture_output=True, text=True, timeout=60)
+        result = subprocess.run(
+            fedrun("run", *SMALL, "--metrics-port", str(port), "--out", str(tmp_path / "o")),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert result.returncode == 2
     assert str(port) in result.stderr and "Traceback" not in result.stderr
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = subprocess.run(fedrun("run", *SMALL, "--debug", "--data", str(tmp_path / "missing.npz"),
-                                   "--out", str(tmp_path / "o")), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        fedrun(
+            "run", *SMALL, "--debug", "--data", str(tmp_path / "missing.npz"), "--out", str(tmp_path / "o")
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode != 0 and "Traceback" in result.stderr
     assert os.path.basename("missing.npz") in result.stderr

@@ -14,24 +14,71 @@ pytestmark = pytest.mark.timeout(900)
 
 SYSTEMS = ("fedrun", "tff_local", "tff_local_same_loop", "tf_loop")
 ROUNDS = 3
-TINY = ["--rounds", str(ROUNDS), "--clients-per-round", "6", "--epochs", "1", "--population", "60",
-        "--eval-clients", "4", "--workers", "2"]
-SYSTEM_FIELDS = {"import_s", "build_s", "start_s", "first_round_s", "start_to_first_round_s",
-                 "round_latency_median_s", "round_latency_p95_s", "examples_per_s", "clients_per_s",
-                 "cpu_cores_busy", "cpu_us_per_example", "peak_tree_rss_bytes", "peak_tree_pss_bytes", "final_tree_memory",
-                 "rounds", "test"}
+TINY = [
+    "--rounds",
+    str(ROUNDS),
+    "--clients-per-round",
+    "6",
+    "--epochs",
+    "1",
+    "--population",
+    "60",
+    "--eval-clients",
+    "4",
+    "--workers",
+    "2",
+]
+SYSTEM_FIELDS = {
+    "import_s",
+    "build_s",
+    "start_s",
+    "first_round_s",
+    "start_to_first_round_s",
+    "round_latency_median_s",
+    "round_latency_p95_s",
+    "examples_per_s",
+    "clients_per_s",
+    "cpu_cores_busy",
+    "cpu_us_per_example",
+    "peak_tree_rss_bytes",
+    "peak_tree_pss_bytes",
+    "final_tree_memory",
+    "rounds",
+    "test",
+}
 
 
 @pytest.fixture(scope="module")
 def result(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    run = subprocess.run(fedrun("bench", *TINY, "--scale", "--scale-clients", "2,4,8", "--scale-rounds", "1",
-                                "--rounds-memory", "12", "--out", str(out)),
-                         capture_output=True, text=True, timeout=840)
+    run = subprocess.run(
+        fedrun(
+            "bench",
+            *TINY,
+            "--scale",
+            "--scale-clients",
+            "2,4,8",
+            "--scale-rounds",
+            "1",
+            "--rounds-memory",
+            "12",
+            "--out",
+            str(out),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=840,
+    )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "left" not in run.stderr, run.stderr  # every system stopped all it started
-    for heading in ("examples/s (median)", "fedrun / TF loop", "round latency vs clients per round",
-                    "round latency vs workers", "process-tree memory over 12 rounds", "targets"):
+    for heading in (
+        "examples/s (median)",
+        "fedrun / TF loop",
+        "round latency vs clients per round",
+        "round latency vs workers",
+        "process-tree memory over 12 rounds",
+        "targets",
+    ):
         assert heading in run.stdout
     return json.loads(out.read_text())
 
@@ -49,10 +96,17 @@ def test_every_system_has_every_number(result):
         assert system["peak_tree_rss_bytes"] >= system["peak_tree_pss_bytes"] > 0
     # fedrun's round split into coordinator, shards and merge, from its own shard timings.
     split = result["systems"]["fedrun"]["time_split_ms"]
-    assert set(split) == {"before_first_shard", "shards", "last_worker_lead", "merge_and_after_merge",
-                          "outside_train_round"}
+    assert set(split) == {
+        "before_first_shard",
+        "shards",
+        "last_worker_lead",
+        "merge_and_after_merge",
+        "outside_train_round",
+    }
     assert all(value >= 0 for value in split.values())
-    assert 0 < split["shards"] <= 1000 * max(r["latency_s"] for r in result["systems"]["fedrun"]["rounds"][1:])
+    assert (
+        0 < split["shards"] <= 1000 * max(r["latency_s"] for r in result["systems"]["fedrun"]["rounds"][1:])
+    )
     # fedrun's tree is the coordinator and its workers: their memory is counted.
     processes = result["systems"]["fedrun"]["final_tree_memory"]["processes"]
     assert sum("worker_binary" in name for name in processes) == 2
@@ -79,29 +133,42 @@ def test_rates_and_ratios_come_from_the_measured_rounds(result):
     for system in systems.values():
         steady = system["rounds"][1:]
         assert system["examples_per_s"] == pytest.approx(
-            np.median([r["num_examples"] / r["latency_s"] for r in steady]))
+            np.median([r["num_examples"] / r["latency_s"] for r in steady])
+        )
         assert system["round_latency_median_s"] == pytest.approx(np.median([r["latency_s"] for r in steady]))
         assert system["cpu_cores_busy"] == pytest.approx(
-            sum(r["cpu_s"] for r in steady) / sum(r["wall_s"] for r in steady))
+            sum(r["cpu_s"] for r in steady) / sum(r["wall_s"] for r in steady)
+        )
         assert system["cpu_us_per_example"] == pytest.approx(
-            1e6 * sum(r["cpu_s"] for r in steady) / sum(r["num_examples"] for r in steady))
+            1e6 * sum(r["cpu_s"] for r in steady) / sum(r["num_examples"] for r in steady)
+        )
     for other in SYSTEMS[1:]:
         ratio = result["ratios"][f"fedrun_vs_{other}"]
         assert ratio["examples_per_s"] == pytest.approx(
-            systems["fedrun"]["examples_per_s"] / systems[other]["examples_per_s"])
-        paired = [a["num_examples"] / a["latency_s"] / (b["num_examples"] / b["latency_s"])
-                  for a, b in zip(systems["fedrun"]["rounds"][1:], systems[other]["rounds"][1:])]
+            systems["fedrun"]["examples_per_s"] / systems[other]["examples_per_s"]
+        )
+        paired = [
+            a["num_examples"] / a["latency_s"] / (b["num_examples"] / b["latency_s"])
+            for a, b in zip(systems["fedrun"]["rounds"][1:], systems[other]["rounds"][1:])
+        ]
         assert ratio["examples_per_s_paired_median"] == pytest.approx(np.median(paired))
     targets = result["targets"]
-    assert targets["examples_per_s_vs_tf_loop"]["value"] == result["ratios"]["fedrun_vs_tf_loop"]["examples_per_s"]
-    assert targets["examples_per_s_vs_tf_loop"]["met"] == (targets["examples_per_s_vs_tf_loop"]["value"] >= 1.7)
+    assert (
+        targets["examples_per_s_vs_tf_loop"]["value"]
+        == result["ratios"]["fedrun_vs_tf_loop"]["examples_per_s"]
+    )
+    assert targets["examples_per_s_vs_tf_loop"]["met"] == (
+        targets["examples_per_s_vs_tf_loop"]["value"] >= 1.7
+    )
 
 
 def test_scale_tables(result):
     by_clients = result["scale"]["clients"]
     assert [row["clients"] for row in by_clients["rows"]] == [2, 4, 8]
     latencies = [row["round_latency_median_s"] for row in by_clients["rows"]]
-    assert by_clients["growth_exponent"] == pytest.approx(np.log(latencies[-1] / latencies[0]) / np.log(8 / 2))
+    assert by_clients["growth_exponent"] == pytest.approx(
+        np.log(latencies[-1] / latencies[0]) / np.log(8 / 2)
+    )
     by_workers = result["scale"]["workers"]["rows"]
     assert [row["workers"] for row in by_workers] == [1, 2]
     assert by_workers[0]["speedup_vs_1_worker"] == pytest.approx(1.0)

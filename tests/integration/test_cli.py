@@ -14,16 +14,32 @@ from tests.support.processes import assert_gone, descendant_pids, fedrun, start,
 
 pytestmark = pytest.mark.timeout(300)
 
-SMALL = ["--rounds", "2", "--clients-per-round", "8", "--epochs", "1", "--population", "100",
-         "--eval-clients", "4", "--no-progress"]
+SMALL = [
+    "--rounds",
+    "2",
+    "--clients-per-round",
+    "8",
+    "--epochs",
+    "1",
+    "--population",
+    "100",
+    "--eval-clients",
+    "4",
+    "--no-progress",
+]
 
 
 def test_run_writes_rounds_config_and_weights(tmp_path):
     out = tmp_path / "run"
     # As from a user's shell: no TF_CPP_MIN_LOG_LEVEL (importing TensorFlow in this process set one).
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    result = subprocess.run(fedrun("run", *SMALL, "--workers", "2", "--out", str(out)),
-                            capture_output=True, text=True, timeout=240, env=env)
+    result = subprocess.run(
+        fedrun("run", *SMALL, "--workers", "2", "--out", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert "Unable to register" not in result.stderr  # TensorFlow's CUDA-plugin noise stays hidden
     # ...but not from the workers, whose logs keep TensorFlow's messages (INFO included).
@@ -43,18 +59,28 @@ def test_run_writes_rounds_config_and_weights(tmp_path):
         assert 0 <= r["train"]["accuracy"] <= 1
         assert set(r["eval"]) == {"round_clients", "heldout"}
     config = tomllib.loads((out / "config.toml").read_text())
-    assert config["workload"]["rounds"] == 2 and config["workers"]["count"] == 2 and config["output"]["dir"] == str(out)
+    assert (
+        config["workload"]["rounds"] == 2
+        and config["workers"]["count"] == 2
+        and config["output"]["dir"] == str(out)
+    )
     with np.load(out / "model_weights.npz") as weights:
         assert weights["trainable_0"].shape == (784, 10) and np.abs(weights["trainable_0"]).max() > 0
 
 
 def test_config_file_and_flag_override(tmp_path):
     cfg = tmp_path / "run.toml"
-    cfg.write_text('rounds = 1\nclients_per_round = 4\nepochs = 1\npopulation = 50\neval_every = 0\n'
-                   'workers = 2\nprogress = false\n')
+    cfg.write_text(
+        "rounds = 1\nclients_per_round = 4\nepochs = 1\npopulation = 50\neval_every = 0\n"
+        "workers = 2\nprogress = false\n"
+    )
     out = tmp_path / "run"
-    result = subprocess.run(fedrun("run", "--config", str(cfg), "--workers", "1", "--out", str(out)),
-                            capture_output=True, text=True, timeout=240)
+    result = subprocess.run(
+        fedrun("run", "--config", str(cfg), "--workers", "1", "--out", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert result.returncode == 0, result.stderr
     resolved = tomllib.loads((out / "config.toml").read_text())
     assert resolved["workers"]["count"] == 1 and resolved["workload"]["clients_per_round"] == 4
@@ -62,17 +88,21 @@ def test_config_file_and_flag_override(tmp_path):
     assert len(rounds) == 1 and rounds[0]["eval"] == {} and rounds[0]["shards"][0]["worker"] == "local-0"
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--rounds", "-1"], "rounds must be at least 1"),
-    (["--clients-per-round", "0"], "clients_per_round must be at least 1"),
-    (["--clients-per-round", "500", "--population", "100"], "exceeds the population"),
-    (["--client-lr", "0"], "client_lr must be greater than 0"),
-    (["--model", "resnet"], "model must be one of linear, custom-linear, cnn, got 'resnet'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--rounds", "-1"], "rounds must be at least 1"),
+        (["--clients-per-round", "0"], "clients_per_round must be at least 1"),
+        (["--clients-per-round", "500", "--population", "100"], "exceeds the population"),
+        (["--client-lr", "0"], "client_lr must be greater than 0"),
+        (["--model", "resnet"], "model must be one of linear, custom-linear, cnn, got 'resnet'"),
+    ],
+)
 def test_bad_values_fail_fast_with_a_clear_message(args, message, tmp_path):
     started = time.monotonic()
-    result = subprocess.run(fedrun("run", *args, "--out", str(tmp_path / "o")), capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        fedrun("run", *args, "--out", str(tmp_path / "o")), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert time.monotonic() - started < 30
@@ -86,8 +116,9 @@ def test_unknown_flag_is_rejected(tmp_path):
 def test_output_path_that_is_a_file_is_an_error(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("keep me")
-    result = subprocess.run(fedrun("run", *SMALL, "--out", str(blocker)), capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        fedrun("run", *SMALL, "--out", str(blocker)), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "choose a writable --out" in result.stderr
     assert blocker.read_text() == "keep me"
 

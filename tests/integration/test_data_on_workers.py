@@ -1,15 +1,14 @@
 """Client data built on real workers from keys: what a round sends, and that results do not depend
 on where the data is built. Files are small and written here in the formats users bring."""
 
-
 import numpy as np
 import pytest
 
 from fedrun.data.registry import SourceOptions, create_source
 from fedrun.learning.algorithm import algorithm_for
-from tests.support.runs import max_weight_difference, reference_run, run_coordinator
-from tests.support.data_files import write_emnist_h5, write_emnist_sqlite, write_npz
 from tests.support.configs import flat_config
+from tests.support.data_files import write_emnist_h5, write_emnist_sqlite, write_npz
+from tests.support.runs import max_weight_difference, reference_run, run_coordinator
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -27,8 +26,9 @@ def npz_runs(tmp_path_factory):
             write_npz(path, clients=6, per_client=per_client)
         config = flat_config(CONFIG, data=str(path), data_placement=placement)
         source = create_source(SourceOptions(data=config.data.source))
-        runs[per_client, placement] = run_coordinator(config, source, algorithm_for(config, source),
-                                                      folder / f"run-{per_client}-{placement}")
+        runs[per_client, placement] = run_coordinator(
+            config, source, algorithm_for(config, source), folder / f"run-{per_client}-{placement}"
+        )
     return runs
 
 
@@ -69,8 +69,14 @@ def emnist_folder(tmp_path_factory):
 
 
 def test_emnist_h5_on_workers_matches_tff_single_process(emnist_folder, tmp_path):
-    config = flat_config(CONFIG, data="emnist", data_dir=str(emnist_folder), eval_clients=4,
-                                 eval_every=1, eval_on="round_clients,heldout,sample")
+    config = flat_config(
+        CONFIG,
+        data="emnist",
+        data_dir=str(emnist_folder),
+        eval_clients=4,
+        eval_every=1,
+        eval_on="round_clients,heldout,sample",
+    )
     source = create_source(SourceOptions(data="emnist", data_dir=str(emnist_folder), heldout=4))
     algorithm = algorithm_for(config, source)
     state, rounds = run_coordinator(config, source, algorithm, tmp_path)
@@ -83,7 +89,8 @@ def test_emnist_h5_on_workers_matches_tff_single_process(emnist_folder, tmp_path
         assert record["eval"]["sample"]["num_examples"] == 4 * 10
         assert record["eval"]["round_clients"]["num_examples"] == config.workload.clients_per_round * 10
     assert {s for r in rounds for sh in r["shards"] for s in sh["clients"]} <= {
-        source.client_name(c) for c in range(source.population)}  # held-out writers never train
+        source.client_name(c) for c in range(source.population)
+    }  # held-out writers never train
 
 
 def test_emnist_tff_087_sqlite_trains_on_workers(tmp_path):

@@ -7,14 +7,13 @@ built as the tutorial builds it (TFF's default client loop, `dataset.reduce`); f
 own default (`client_loop = "iterator"`).
 """
 
-
 import numpy as np
 import pytest
 
 from fedrun.data.synthetic import SyntheticDigits
 from fedrun.learning.algorithm import algorithm_for
-from tests.support.runs import max_weight_difference, reference_run, run_coordinator
 from tests.support.configs import flat_config
+from tests.support.runs import max_weight_difference, reference_run, run_coordinator
 
 pytestmark = pytest.mark.timeout(300)
 

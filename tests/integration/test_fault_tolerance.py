@@ -9,8 +9,15 @@ import time
 import numpy as np
 import pytest
 
-from tests.support.processes import SMALL
-from tests.support.processes import assert_gone, descendant_pids, fedrun, start, wait_for_rounds, worker_pids
+from tests.support.processes import (
+    SMALL,
+    assert_gone,
+    descendant_pids,
+    fedrun,
+    start,
+    wait_for_rounds,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -30,8 +37,9 @@ def rounds_of(out):
 def fault_free(tmp_path_factory):
     """The uninterrupted 6-round run every faulty run must reproduce exactly."""
     out = tmp_path_factory.mktemp("fault-free")
-    result = subprocess.run(fedrun("run", *RUN, "--rounds", "6", "--out", str(out)),
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        fedrun("run", *RUN, "--rounds", "6", "--out", str(out)), capture_output=True, text=True, timeout=300
+    )
     assert result.returncode == 0, result.stderr
     return out
 
@@ -85,15 +93,21 @@ def test_resume_after_sigkill_is_bit_identical_and_repairs_a_torn_line(fault_fre
 
 def test_resume_with_a_different_workload_is_refused(fault_free, tmp_path):
     before = (fault_free / "rounds.jsonl").read_text()
-    result = subprocess.run(fedrun("run", "--resume", str(fault_free), "--clients-per-round", "4"),
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        fedrun("run", "--resume", str(fault_free), "--clients-per-round", "4"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2
     assert "different configuration" in result.stderr and "clients_per_round" in result.stderr
     assert (fault_free / "rounds.jsonl").read_text() == before
 
 
 def test_resume_of_a_directory_that_is_not_a_run(tmp_path):
-    result = subprocess.run(fedrun("run", "--resume", str(tmp_path)), capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        fedrun("run", "--resume", str(tmp_path)), capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "not a fedrun run directory" in result.stderr
 
 
@@ -101,8 +115,12 @@ def test_diverging_run_stops_and_keeps_the_last_finite_checkpoint(tmp_path):
     out = tmp_path / "run"
     started = time.monotonic()
     # Evaluation every 2 rounds: round 1's blow-up goes unseen until round 2 trains on it.
-    result = subprocess.run(fedrun("run", *RUN, "--rounds", "3", "--client-lr", "1e36", "--server-lr", "1000",
-                                   "--out", str(out)), capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        fedrun("run", *RUN, "--rounds", "3", "--client-lr", "1e36", "--server-lr", "1000", "--out", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert "training diverged in round 2" in result.stderr and "Traceback" not in result.stderr
     assert [r["round"] for r in rounds_of(out)] == [1]

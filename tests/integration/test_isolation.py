@@ -22,10 +22,9 @@ import numpy as np
 import psutil
 import pytest
 
-from cluster import LocalProcessBackend, LocalWorkerOptions, WorkerStartError
-from cluster.local.ports import listening_ports, parse_listening_sockets, socket_inodes
+from cluster import LocalProcessBackend, LocalWorkerOptions, WorkerStartError, backend_options
 from cluster.local.netns import namespaces_unavailable
-from cluster import backend_options
+from cluster.local.ports import listening_ports, parse_listening_sockets, socket_inodes
 from fedrun.config import RunConfig
 from fedrun.errors import FedrunError
 from tests.support.configs import flat_config
@@ -60,7 +59,9 @@ def _processes(role: str) -> list[psutil.Process]:
 def _host_listening_inodes() -> set[int]:
     """Listening TCP sockets of this test's network namespace, the machine's own."""
     tables = [Path("/proc/self/net/tcp"), Path("/proc/self/net/tcp6")]
-    return {inode for table in tables if table.exists() for inode in parse_listening_sockets(table.read_text())}
+    return {
+        inode for table in tables if table.exists() for inode in parse_listening_sockets(table.read_text())
+    }
 
 
 def _non_loopback_addresses() -> list[tuple]:
@@ -137,7 +138,10 @@ def test_socket_is_owner_only_in_an_owner_only_directory(isolated: LocalProcessB
 def test_stop_leaves_no_process_and_no_socket(isolated: LocalProcessBackend) -> None:
     workers = isolated.start(2)
     pids = [process.pid for process in live_descendants()]
-    assert sorted(_role(psutil.Process(pid)) for pid in pids) == ["forwarder"] * 2 + ["unshare"] * 2 + ["worker"] * 2
+    assert (
+        sorted(_role(psutil.Process(pid)) for pid in pids)
+        == ["forwarder"] * 2 + ["unshare"] * 2 + ["worker"] * 2
+    )
 
     isolated.stop()
 
@@ -147,7 +151,9 @@ def test_stop_leaves_no_process_and_no_socket(isolated: LocalProcessBackend) -> 
 
 def test_replace_gives_a_fresh_socket_and_ends_the_old_namespace(isolated: LocalProcessBackend) -> None:
     old, untouched = isolated.start(2)
-    old_pids = [p.pid for p in live_descendants() if old.target.removeprefix("unix:") in " ".join(p.cmdline())]
+    old_pids = [
+        p.pid for p in live_descendants() if old.target.removeprefix("unix:") in " ".join(p.cmdline())
+    ]
     assert len(old_pids) == 2  # unshare and forwarder carry the socket path
 
     fresh = isolated.replace("local-0")
@@ -168,7 +174,9 @@ def _unix_socket_accepts(path: Path) -> bool:
 
 
 @pytest.mark.parametrize("victim", ["worker", "forwarder"])
-def test_killing_worker_or_forwarder_ends_the_whole_namespace(isolated: LocalProcessBackend, victim: str) -> None:
+def test_killing_worker_or_forwarder_ends_the_whole_namespace(
+    isolated: LocalProcessBackend, victim: str
+) -> None:
     isolated.start(1)
     (process,) = _processes(victim)
 
@@ -191,14 +199,20 @@ time.sleep(600)
 
 
 def test_sigkilled_coordinator_takes_unshare_forwarder_and_worker_down(tmp_path: Path) -> None:
-    coordinator = subprocess.Popen([sys.executable, "-c", _COORDINATOR, str(tmp_path)],
-                                   stdout=subprocess.PIPE, text=True, env=env_with_repo_on_path())
+    coordinator = subprocess.Popen(
+        [sys.executable, "-c", _COORDINATOR, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env_with_repo_on_path(),
+    )
     pids: list[int] = []
     try:
         assert coordinator.stdout is not None
         pids = [int(pid) for pid in coordinator.stdout.readline().split()]
-        assert sorted(_role(psutil.Process(pid)) for pid in pids) == \
-            ["forwarder"] * 2 + ["unshare"] * 2 + ["worker"] * 2
+        assert (
+            sorted(_role(psutil.Process(pid)) for pid in pids)
+            == ["forwarder"] * 2 + ["unshare"] * 2 + ["worker"] * 2
+        )
 
         coordinator.kill()
         coordinator.wait()
@@ -233,7 +247,9 @@ def test_hung_isolated_worker_times_out_and_leaves_nothing(tmp_path: Path) -> No
 
 
 def test_isolation_required_but_unavailable_names_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("cluster.local.backend.namespaces_unavailable", lambda: "user namespaces are disabled")
+    monkeypatch.setattr(
+        "cluster.local.backend.namespaces_unavailable", lambda: "user namespaces are disabled"
+    )
     backend = LocalProcessBackend(ISOLATED)
 
     with pytest.raises(WorkerStartError, match='user namespaces are disabled.*isolation "none"'):
@@ -244,9 +260,14 @@ def test_isolation_required_but_unavailable_names_the_fix(monkeypatch: pytest.Mo
 def test_auto_without_namespaces_exposes_the_worker_with_a_warning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr("cluster.local.backend.namespaces_unavailable", lambda: "user namespaces are disabled")
+    monkeypatch.setattr(
+        "cluster.local.backend.namespaces_unavailable", lambda: "user namespaces are disabled"
+    )
 
-    with caplog.at_level(logging.WARNING), LocalProcessBackend(LocalWorkerOptions(isolation="auto")) as backend:
+    with (
+        caplog.at_level(logging.WARNING),
+        LocalProcessBackend(LocalWorkerOptions(isolation="auto")) as backend,
+    ):
         (worker,) = backend.start(1)
 
     assert worker.target.startswith("127.0.0.1:")
@@ -277,10 +298,33 @@ def test_worker_isolation_reaches_the_local_backend(tmp_path: Path) -> None:
 
 def _start_training(out: Path, isolation: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
-        [sys.executable, "-m", "fedrun.cli", "run", "--workers", "2", "--rounds", "2",
-         "--clients-per-round", "6", "--epochs", "1", "--population", "60", "--eval-every", "0",
-         "--no-progress", "--worker-isolation", isolation, "--out", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env_with_repo_on_path(),
+        [
+            sys.executable,
+            "-m",
+            "fedrun.cli",
+            "run",
+            "--workers",
+            "2",
+            "--rounds",
+            "2",
+            "--clients-per-round",
+            "6",
+            "--epochs",
+            "1",
+            "--population",
+            "60",
+            "--eval-every",
+            "0",
+            "--no-progress",
+            "--worker-isolation",
+            isolation,
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_with_repo_on_path(),
     )
 
 

@@ -329,7 +329,9 @@ def test_unknown_backend_lists_the_known_ones() -> None:
 
 def test_backend_with_missing_dependency_names_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(
-        BACKENDS, "ray", BackendEntry("fedrun_test_absent_module", "RayBackend", "cluster.ray.options", extra="ray")
+        BACKENDS,
+        "ray",
+        BackendEntry("fedrun_test_absent_module", "RayBackend", "cluster.ray.options", extra="ray"),
     )
 
     with pytest.raises(WorkerError, match=r"pip install 'fedrun\[ray\]'"):
@@ -369,3 +371,16 @@ def test_listening_ports_sees_own_listener_only() -> None:
 
         assert port in listening_ports(os.getpid())
         assert port not in listening_ports(os.getppid())
+
+
+def test_a_failed_isolation_check_leaves_no_temporary_folder(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(
+        "cluster.local.backend.namespaces_unavailable", lambda: "user namespaces are disabled"
+    )
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))  # where the backend's private folders go
+
+    with pytest.raises(WorkerStartError, match="user namespaces are disabled"):
+        LocalProcessBackend(LocalWorkerOptions(isolation="netns")).start(1)
+    assert list(tmp_path.iterdir()) == []

@@ -24,8 +24,23 @@ from tests.support.prometheus import Samples, free_port, samples, stand_in_pushg
 pytestmark = pytest.mark.timeout(300)
 
 ROUNDS = 8
-RUN = ["--rounds", str(ROUNDS), "--clients-per-round", "8", "--epochs", "1", "--population", "100",
-       "--eval-clients", "4", "--workers", "2", "--shards", "3", "--no-progress"]
+RUN = [
+    "--rounds",
+    str(ROUNDS),
+    "--clients-per-round",
+    "8",
+    "--epochs",
+    "1",
+    "--population",
+    "100",
+    "--eval-clients",
+    "4",
+    "--workers",
+    "2",
+    "--shards",
+    "3",
+    "--no-progress",
+]
 
 
 @dataclass
@@ -54,8 +69,9 @@ def scrape_when(port: int, process: subprocess.Popen, round_at_least: int, timeo
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"fedrun exited ({process.returncode}) before round {round_at_least}: "
-                                 f"{process.stderr.read()}")
+            raise AssertionError(
+                f"fedrun exited ({process.returncode}) before round {round_at_least}: {process.stderr.read()}"
+            )
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
                 scraped = samples(response.read().decode())
@@ -71,26 +87,49 @@ def scrape_when(port: int, process: subprocess.Popen, round_at_least: int, timeo
 def observed(tmp_path_factory) -> ObservedRun:
     out = tmp_path_factory.mktemp("observed") / "run"
     port = free_port()
-    elsewhere = [a.address for addresses in psutil.net_if_addrs().values() for a in addresses
-                 if a.family == socket.AF_INET and not a.address.startswith("127.")]
+    elsewhere = [
+        a.address
+        for addresses in psutil.net_if_addrs().values()
+        for a in addresses
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    ]
     with stand_in_pushgateway() as (gateway, pushes):
         process = subprocess.Popen(
-            [sys.executable, "-m", "fedrun.cli", "run", *RUN, "--metrics-port", str(port), "--pushgateway", gateway,
-             "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "fedrun.cli",
+                "run",
+                *RUN,
+                "--metrics-port",
+                str(port),
+                "--pushgateway",
+                gateway,
+                "--out",
+                str(out),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             scrapes = []
             for round_at_least in (1, 3):
                 scraped = scrape_when(port, process, round_at_least)
                 scrapes.append((scraped, rounds_in(out)))  # metrics change only after rounds.jsonl grows
-            listening = [c.laddr.ip for c in psutil.Process(process.pid).net_connections("tcp")
-                         if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+            listening = [
+                c.laddr.ip
+                for c in psutil.Process(process.pid).net_connections("tcp")
+                if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+            ]
             reachable = [ip for ip in elsewhere if accepts(ip, port)]
             _, stderr = process.communicate(timeout=240)
         finally:
             process.kill()
             process.wait()
-    return ObservedRun(out, scrapes, listening, reachable, not accepts("127.0.0.1", port), pushes,
-                       process.returncode, stderr)
+    return ObservedRun(
+        out, scrapes, listening, reachable, not accepts("127.0.0.1", port), pushes, process.returncode, stderr
+    )
 
 
 def test_the_run_succeeds(observed):
@@ -108,23 +147,32 @@ def test_metrics_scraped_while_running_match_rounds_jsonl(observed):
         assert scraped[("fedrun_rounds_planned", ())] == ROUNDS
         assert scraped[("fedrun_workers_alive", ())] == 2
         assert scraped[("fedrun_round_duration_seconds_count", ())] == done
-        assert scraped[("fedrun_round_duration_seconds_sum", ())] == pytest.approx(sum(r["latency_s"] for r in rounds))
+        assert scraped[("fedrun_round_duration_seconds_sum", ())] == pytest.approx(
+            sum(r["latency_s"] for r in rounds)
+        )
         assert scraped[("fedrun_examples_trained_total", ())] == sum(r["examples_trained"] for r in rounds)
         assert scraped[("fedrun_clients_trained_total", ())] == sum(r["clients"] for r in rounds)
-        assert scraped[("fedrun_sent_to_workers_bytes_total", ())] == sum(r["bytes_to_workers"] for r in rounds)
+        assert scraped[("fedrun_sent_to_workers_bytes_total", ())] == sum(
+            r["bytes_to_workers"] for r in rounds
+        )
         assert scraped[("fedrun_received_from_workers_bytes_total", ())] == sum(
-            r["bytes_from_workers"] for r in rounds)
+            r["bytes_from_workers"] for r in rounds
+        )
         for worker in ("local-0", "local-1"):
             shards = [s for r in rounds for s in r["shards"] if s["worker"] == worker]
             assert scraped[("fedrun_shard_duration_seconds_count", (("worker", worker),))] == len(shards)
             assert scraped[("fedrun_shard_duration_seconds_sum", (("worker", worker),))] == pytest.approx(
-                sum(s["end"] - s["start"] for s in shards))
+                sum(s["end"] - s["start"] for s in shards)
+            )
             assert scraped[("fedrun_worker_failures_total", (("worker", worker),))] == 0
-        assert scraped[("fedrun_client_training_duration_seconds_count", ())] == sum(r["clients"] for r in rounds)
+        assert scraped[("fedrun_client_training_duration_seconds_count", ())] == sum(
+            r["clients"] for r in rounds
+        )
         assert scraped[("fedrun_train_loss", ())] == pytest.approx(rounds[-1]["train"]["loss"])
         for group in ("round_clients", "heldout"):
             assert scraped[("fedrun_eval_accuracy", (("group", group),))] == pytest.approx(
-                rounds[-1]["eval"][group]["accuracy"])
+                rounds[-1]["eval"][group]["accuracy"]
+            )
     assert observed.scrapes[1][0][("fedrun_round", ())] >= 3
 
 
@@ -137,8 +185,9 @@ def test_metrics_listen_on_loopback_only_and_stop_with_the_run(observed):
 def test_every_round_and_the_end_are_pushed(observed):
     # The run's own group (its --out directory, base64 in the path as it holds slashes).
     run = base64.urlsafe_b64encode(str(observed.out.resolve()).encode()).decode()
-    assert [(method, path) for method, path, _ in observed.pushes] == \
-        [("PUT", f"/metrics/job/fedrun/run@base64/{run}")] * (ROUNDS + 1)
+    assert [(method, path) for method, path, _ in observed.pushes] == [
+        ("PUT", f"/metrics/job/fedrun/run@base64/{run}")
+    ] * (ROUNDS + 1)
     rounds = rounds_in(observed.out)
     for number, (_, _, body) in enumerate(observed.pushes[:ROUNDS], 1):
         assert samples(body)[("fedrun_round", ())] == number
@@ -150,8 +199,10 @@ def test_every_round_and_the_end_are_pushed(observed):
 def tensorboard_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
     events = EventAccumulator(str(run_dir), size_guidance={TENSORS: 0})
     events.Reload()
-    return {tag: {e.step: float(make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
-            for tag in events.Tags()["tensors"]}
+    return {
+        tag: {e.step: float(make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
+        for tag in events.Tags()["tensors"]
+    }
 
 
 def test_tensorboard_scalars_match_rounds_jsonl(observed):
@@ -178,8 +229,12 @@ def test_tensorboard_scalars_match_rounds_jsonl(observed):
 
 
 def test_report_of_the_run(observed):
-    result = subprocess.run([sys.executable, "-m", "fedrun.cli", "report", str(observed.out), "--round", "2"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "fedrun.cli", "report", str(observed.out), "--round", "2"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     report = observed.out / "report"
     for name in ("accuracy.png", "loss.png", "latency.png", "latency_cdf.png", "shards_round_2.png"):
@@ -198,8 +253,21 @@ def test_a_taken_metrics_port_fails_before_workers_start(tmp_path):
         taken.listen()
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, "-m", "fedrun.cli", "run", *RUN, "--metrics-port", str(taken.getsockname()[1]),
-             "--out", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+            [
+                sys.executable,
+                "-m",
+                "fedrun.cli",
+                "run",
+                *RUN,
+                "--metrics-port",
+                str(taken.getsockname()[1]),
+                "--out",
+                str(tmp_path / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     assert result.returncode == 2
     assert "choose a free --metrics-port" in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run" / "workers").exists()  # failed before any worker was started

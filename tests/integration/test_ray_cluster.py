@@ -29,11 +29,10 @@ from cluster.ray.backend import RayBackend
 from cluster.ray.options import RayWorkerOptions
 from fedrun.loop.run_dir import RoundsFile
 from tests.support.backends import CONFIG, running, started_processes
-from tests.support.waiting import eventually, grpc_ready
-from tests.support.runs import max_weight_difference, run_coordinator
-from tests.support.processes import SMALL
-from tests.support.processes import fedrun
 from tests.support.configs import flat_config
+from tests.support.processes import SMALL, fedrun
+from tests.support.runs import max_weight_difference, run_coordinator
+from tests.support.waiting import eventually, grpc_ready
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -101,17 +100,27 @@ def binary_of(worker: Worker) -> psutil.Process:
 
 
 def fedrun_placement_group_states() -> list[str]:
-    return [group["state"] for group in ray.util.placement_group_table().values()
-            if group["name"].startswith("fedrun-")]
+    return [
+        group["state"]
+        for group in ray.util.placement_group_table().values()
+        if group["name"].startswith("fedrun-")
+    ]
 
 
 def test_ray_is_imported_only_by_the_ray_backend_and_the_actor_imports_no_tensorflow() -> None:
     # Ray stays optional; TensorFlow would stretch each actor's start from ~1 s to ~7 s.
-    script = ("import sys, cluster, cluster.ray.options; ray_before = 'ray' in sys.modules; "
-              "import cluster.ray.actor; print(ray_before, sorted({m.split('.')[0] for m in sys.modules} "
-              "& {'tensorflow', 'tensorflow_federated', 'fedrun'}))")
-    imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).resolve().parents[2]).stdout
+    script = (
+        "import sys, cluster, cluster.ray.options; ray_before = 'ray' in sys.modules; "
+        "import cluster.ray.actor; print(ray_before, sorted({m.split('.')[0] for m in sys.modules} "
+        "& {'tensorflow', 'tensorflow_federated', 'fedrun'}))"
+    )
+    imported = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parents[2],
+    ).stdout
 
     assert imported.strip() == "False []"
 
@@ -121,12 +130,21 @@ def test_local_ray_with_declared_gpus_gives_each_worker_its_own(tmp_path: Path) 
     with pytest.MonkeyPatch.context() as patch:
         for name, value in _QUIET_RAY.items():
             patch.setenv(name, value)
-        ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
-                 _node_ip_address="127.0.0.1", log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(
+            address="local",
+            num_cpus=2,
+            num_gpus=2,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     try:
         with RayBackend(RayWorkerOptions(cpus=0.5, gpus=1)) as backend:
             workers = backend.start(2)
-            assert all(worker.target.startswith("127.0.0.1:") and grpc_ready(worker.target) for worker in workers)
+            assert all(
+                worker.target.startswith("127.0.0.1:") and grpc_ready(worker.target) for worker in workers
+            )
             assert sorted(binary.environ()["CUDA_VISIBLE_DEVICES"] for binary in binaries()) == ["0", "1"]
         with pytest.raises(WorkerStartError, match=r"asks for GPU=3, but the cluster has GPU=2"):
             RayBackend(RayWorkerOptions(cpus=0.5, gpus=1)).start(3)
@@ -201,7 +219,9 @@ def test_resources_held_by_other_work_time_out_within_ready_timeout(cluster: Ray
     with RayBackend(options(cluster, placement_strategy="SPREAD")) as holder:
         holder.start(2)  # every worker CPU of the cluster
         # Same process, so the same connection: an empty address uses it.
-        waiting = RayBackend(RayWorkerOptions(process=LocalWorkerOptions(ready_timeout_s=2, isolation="none")))
+        waiting = RayBackend(
+            RayWorkerOptions(process=LocalWorkerOptions(ready_timeout_s=2, isolation="none"))
+        )
         began = time.monotonic()
 
         with pytest.raises(WorkerStartError, match="other work holds it"):
@@ -228,9 +248,22 @@ def test_killed_actor_takes_its_binary_down(cluster: RayTestCluster) -> None:
 def test_fedrun_run_joins_the_cluster_by_address(cluster: RayTestCluster, tmp_path: Path) -> None:
     out = tmp_path / "run"
     result = subprocess.run(
-        fedrun("run", *SMALL, "--backend", "ray", "--ray-address", cluster.address,
-               "--placement-strategy", "SPREAD", "--out", str(out)),
-        capture_output=True, text=True, timeout=240)
+        fedrun(
+            "run",
+            *SMALL,
+            "--backend",
+            "ray",
+            "--ray-address",
+            cluster.address,
+            "--placement-strategy",
+            "SPREAD",
+            "--out",
+            str(out),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
     assert result.returncode == 0, result.stderr
     rounds = [r.to_json() for r in RoundsFile(out / "rounds.jsonl").read()]
@@ -244,9 +277,26 @@ def test_fedrun_run_reports_more_gpus_than_the_cluster_has_before_any_round(
 ) -> None:
     out = tmp_path / "run"
     result = subprocess.run(
-        fedrun("run", *SMALL, "--backend", "ray", "--ray-address", cluster.address,
-               "--workers", "3", "--worker-cpus", "0.5", "--worker-gpus", "1", "--out", str(out)),
-        capture_output=True, text=True, timeout=240)
+        fedrun(
+            "run",
+            *SMALL,
+            "--backend",
+            "ray",
+            "--ray-address",
+            cluster.address,
+            "--workers",
+            "3",
+            "--worker-cpus",
+            "0.5",
+            "--worker-gpus",
+            "1",
+            "--out",
+            str(out),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
 
     assert result.returncode == 2
     assert "3 workers x GPU=1 asks for GPU=3, but the cluster has GPU=2" in result.stderr
@@ -270,8 +320,9 @@ def test_node_lost_mid_run_is_a_dead_worker_whose_shards_run_again(
         # Without replace: the lost worker's slot is dropped and its shards run on the other.
         run = coordinator.submit(run_coordinator, config, source, algorithm, tmp_path, backend, replace=False)
         rounds_file = tmp_path / "rounds.jsonl"
-        assert eventually(lambda: rounds_file.exists() and rounds_file.read_text().count("\n") >= 1,
-                          timeout_s=120)
+        assert eventually(
+            lambda: rounds_file.exists() and rounds_file.read_text().count("\n") >= 1, timeout_s=120
+        )
 
         cluster.cluster.remove_node(cluster.nodes.pop(lost_node))
 

@@ -21,8 +21,15 @@ import grpc
 import psutil
 import pytest
 
-from cluster import (ClusterSettings, LocalProcessBackend, LocalWorkerOptions, WorkerError, WorkerSettings,
-                     WorkerStartError, create_backend)
+from cluster import (
+    ClusterSettings,
+    LocalProcessBackend,
+    LocalWorkerOptions,
+    WorkerError,
+    WorkerSettings,
+    WorkerStartError,
+    create_backend,
+)
 from cluster.static.backend import StaticBackend
 from cluster.static.options import StaticWorkerOptions
 from fedrun.errors import FedrunError
@@ -39,8 +46,12 @@ def _free_port() -> int:
 
 
 def _start_fedrun_worker(port: int, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[str]:
-    worker = subprocess.Popen([sys.executable, "-m", "fedrun.cli", "worker", "--port", str(port)],
-                              stderr=stderr, text=True, env=env_with_repo_on_path())
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "fedrun.cli", "worker", "--port", str(port)],
+        stderr=stderr,
+        text=True,
+        env=env_with_repo_on_path(),
+    )
     assert grpc_ready(f"127.0.0.1:{port}"), "fedrun worker did not start"
     return worker
 
@@ -70,7 +81,10 @@ def test_connects_to_running_workers_and_leaves_them_running(exposed_workers: Lo
 
         workers = backend.start(2)
 
-        assert [(w.worker_id, w.target) for w in workers] == [("static-0", targets[0]), ("static-1", targets[1])]
+        assert [(w.worker_id, w.target) for w in workers] == [
+            ("static-0", targets[0]),
+            ("static-1", targets[1]),
+        ]
         assert backend.workers() == workers
         assert backend.is_alive("static-0") and backend.is_alive("static-1")
         backend.stop()
@@ -152,8 +166,12 @@ def test_allowed_remote_worker_is_used_with_a_warning_naming_the_risk(
     exposed_workers: LocalProcessBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
     port = exposed_workers.workers()[0].target.rsplit(":", 1)[1]
-    host = next(a.address for addresses in psutil.net_if_addrs().values() for a in addresses
-                if a.family == socket.AF_INET and not a.address.startswith("127."))
+    host = next(
+        a.address
+        for addresses in psutil.net_if_addrs().values()
+        for a in addresses
+        if a.family == socket.AF_INET and not a.address.startswith("127.")
+    )
     backend = _static(f"{host}:{port}", allow_remote_workers=True)
 
     with caplog.at_level(logging.WARNING):
@@ -176,8 +194,12 @@ def test_fedrun_worker_passes_sigterm_on_and_exits_with_the_workers_status() -> 
 
 
 def test_fedrun_worker_rejects_a_port_the_binary_would_wrap() -> None:
-    finished = subprocess.run([sys.executable, "-m", "fedrun.cli", "worker", "--port", "70000"],
-                              capture_output=True, text=True, env=env_with_repo_on_path())
+    finished = subprocess.run(
+        [sys.executable, "-m", "fedrun.cli", "worker", "--port", "70000"],
+        capture_output=True,
+        text=True,
+        env=env_with_repo_on_path(),
+    )
 
     assert finished.returncode == 2
     assert "port must be between 1 and 65535" in finished.stderr
@@ -225,7 +247,9 @@ def test_liveness_checks_leave_the_workers_log_alone(tmp_path: Path) -> None:
 
 
 def test_registry_builds_the_static_backend() -> None:
-    backend = create_backend(ClusterSettings(WorkerSettings(backend="static", count=1, addresses="127.0.0.1:8000")))
+    backend = create_backend(
+        ClusterSettings(WorkerSettings(backend="static", count=1, addresses="127.0.0.1:8000"))
+    )
 
     assert isinstance(backend, StaticBackend)
     assert backend.capabilities.starts_workers is False
@@ -240,11 +264,18 @@ def test_config_needs_one_address_per_worker() -> None:
 
 def test_probing_workers_does_not_import_tensorflow() -> None:
     imported = subprocess.run(
-        [sys.executable, "-c", "import sys, grpc, cluster.static.backend as s; "
-         "from cluster.static.probe import probe_executor; "
-         "probe_executor(grpc.insecure_channel('127.0.0.1:9'), 0.5); "
-         "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'tensorflow_federated'}))"],
-        capture_output=True, text=True, check=True, env=env_with_repo_on_path(),
+        [
+            sys.executable,
+            "-c",
+            "import sys, grpc, cluster.static.backend as s; "
+            "from cluster.static.probe import probe_executor; "
+            "probe_executor(grpc.insecure_channel('127.0.0.1:9'), 0.5); "
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', 'tensorflow_federated'}))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env_with_repo_on_path(),
     ).stdout
 
     assert imported.strip() == "[]"
@@ -255,17 +286,47 @@ def test_fedrun_run_trains_on_fedrun_workers(tmp_path: Path) -> None:
     workers = [_start_fedrun_worker(port) for port in ports]
     try:
         finished = subprocess.run(
-            [sys.executable, "-m", "fedrun.cli", "run", "--backend", "static", "--workers", "2",
-             "--worker-addresses", ",".join(f"127.0.0.1:{port}" for port in ports),
-             "--rounds", "1", "--clients-per-round", "6", "--epochs", "1", "--population", "60",
-             "--eval-every", "0", "--no-progress", "--out", str(tmp_path / "run")],
-            capture_output=True, text=True, env=env_with_repo_on_path(),
+            [
+                sys.executable,
+                "-m",
+                "fedrun.cli",
+                "run",
+                "--backend",
+                "static",
+                "--workers",
+                "2",
+                "--worker-addresses",
+                ",".join(f"127.0.0.1:{port}" for port in ports),
+                "--rounds",
+                "1",
+                "--clients-per-round",
+                "6",
+                "--epochs",
+                "1",
+                "--population",
+                "60",
+                "--eval-every",
+                "0",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "run"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env_with_repo_on_path(),
         )
         assert finished.returncode == 0, finished.stderr
-        (record,) = [json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()]
+        (record,) = [
+            json.loads(line) for line in (tmp_path / "run" / "rounds.jsonl").read_text().splitlines()
+        ]
         assert {shard["worker"] for shard in record["shards"]} == {"static-0", "static-1"}
         assert record["train"]["num_examples"] > 0
         assert all(worker.poll() is None for worker in workers)  # fedrun stopped none of them
     finally:
         for worker in workers:
             _stop(worker)
+
+
+def test_the_backend_documents_itself() -> None:
+    # Its docstring once followed a class attribute, which left the class without one.
+    assert StaticBackend.__doc__ and "fixed addresses" in StaticBackend.__doc__

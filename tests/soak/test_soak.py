@@ -15,8 +15,21 @@ from tests.support.processes import assert_gone, descendant_pids, fedrun, start,
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600)]
 
 ROUNDS = 200
-RUN = ["--rounds", str(ROUNDS), "--clients-per-round", "8", "--epochs", "1", "--population", "500",
-       "--eval-every", "20", "--eval-clients", "8", "--no-progress"]
+RUN = [
+    "--rounds",
+    str(ROUNDS),
+    "--clients-per-round",
+    "8",
+    "--epochs",
+    "1",
+    "--population",
+    "500",
+    "--eval-every",
+    "20",
+    "--eval-clients",
+    "8",
+    "--no-progress",
+]
 
 
 def rounds_done(out) -> int:
@@ -27,7 +40,9 @@ def rounds_done(out) -> int:
 def run_with_faults(out, stop_at: int | None, rng: random.Random) -> tuple[subprocess.Popen, list[int], int]:
     """Runs until `stop_at` rounds (then SIGKILLs the coordinator) or the end, killing a random
     worker about every 20 rounds."""
-    args = ["run", "--resume", str(out)] if (out / "config.toml").exists() else ["run", *RUN, "--out", str(out)]
+    args = (
+        ["run", "--resume", str(out)] if (out / "config.toml").exists() else ["run", *RUN, "--out", str(out)]
+    )
     process = start(args)
     seen, kills = [], 0
     next_kill = rounds_done(out) + rng.randint(15, 25)
@@ -60,7 +75,9 @@ def run_with_faults(out, stop_at: int | None, rng: random.Random) -> tuple[subpr
 
 def test_soak_faults_and_resume_reproduce_the_fault_free_model(tmp_path):
     clean = tmp_path / "clean"
-    result = subprocess.run(fedrun("run", *RUN, "--out", str(clean)), capture_output=True, text=True, timeout=3000)
+    result = subprocess.run(
+        fedrun("run", *RUN, "--out", str(clean)), capture_output=True, text=True, timeout=3000
+    )
     assert result.returncode == 0, result.stderr
 
     rng = random.Random(0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-
 from typing import Any
 
 import psutil
@@ -30,7 +29,9 @@ def started_processes() -> list[psutil.Process]:
     found = []
     for process in live_descendants():
         try:
-            if any(name in f"{process.name()} {' '.join(process.cmdline())}" for name in STARTED_PROCESS_NAMES):
+            if any(
+                name in f"{process.name()} {' '.join(process.cmdline())}" for name in STARTED_PROCESS_NAMES
+            ):
                 found.append(process)
         except psutil.NoSuchProcess:
             pass
@@ -51,8 +52,12 @@ def free_port() -> int:
 
 
 def start_fedrun_worker(port: int, stderr=subprocess.DEVNULL) -> subprocess.Popen[str]:
-    worker = subprocess.Popen([sys.executable, "-m", "fedrun.cli", "worker", "--port", str(port)],
-                              stderr=stderr, text=True, env=env_with_repo_on_path())
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "fedrun.cli", "worker", "--port", str(port)],
+        stderr=stderr,
+        text=True,
+        env=env_with_repo_on_path(),
+    )
     assert grpc_ready(f"127.0.0.1:{port}"), "fedrun worker did not start"
     return worker
 

@@ -21,8 +21,9 @@ def writer_examples(writer: int, n: int, split: int) -> tuple[np.ndarray, np.nda
     return images.numpy(), labels.numpy()
 
 
-def write_emnist_h5(folder: Path, prefix: str = "fed_emnist_digitsonly", writers: int = 40,
-                    train: int = 60, test: int = 15) -> dict[str, Path]:
+def write_emnist_h5(
+    folder: Path, prefix: str = "fed_emnist_digitsonly", writers: int = 40, train: int = 60, test: int = 15
+) -> dict[str, Path]:
     """Older TFF's pair PREFIX_{train,test}.h5: groups examples/<writer>/{label, pixels}."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = {}
@@ -38,10 +39,14 @@ def write_emnist_h5(folder: Path, prefix: str = "fed_emnist_digitsonly", writers
 
 
 def emnist_example(pixels: np.ndarray, label: int) -> bytes:
-    return tf.train.Example(features=tf.train.Features(feature={
-        "pixels": tf.train.Feature(float_list=tf.train.FloatList(value=pixels.ravel())),
-        "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
-    })).SerializeToString()
+    return tf.train.Example(
+        features=tf.train.Features(
+            feature={
+                "pixels": tf.train.Feature(float_list=tf.train.FloatList(value=pixels.ravel())),
+                "label": tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+            }
+        )
+    ).SerializeToString()
 
 
 def write_emnist_sqlite(folder: Path, writers: int = 12, train: int = 20, test: int = 5) -> Path:
@@ -49,14 +54,20 @@ def write_emnist_sqlite(folder: Path, writers: int = 12, train: int = 20, test: 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "emnist_all.sqlite"
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE examples (split_name TEXT NOT NULL, client_id TEXT NOT NULL, "
-                   "serialized_example_proto BLOB NOT NULL)")
-        db.execute("CREATE TABLE client_metadata (client_id TEXT NOT NULL, split_name TEXT NOT NULL, "
-                   "num_examples INTEGER NOT NULL)")
+        db.execute(
+            "CREATE TABLE examples (split_name TEXT NOT NULL, client_id TEXT NOT NULL, "
+            "serialized_example_proto BLOB NOT NULL)"
+        )
+        db.execute(
+            "CREATE TABLE client_metadata (client_id TEXT NOT NULL, split_name TEXT NOT NULL, "
+            "num_examples INTEGER NOT NULL)"
+        )
         for split, (name, n) in enumerate((("digits_only_train", train), ("digits_only_test", test))):
             for w in range(writers):
                 images, labels = writer_examples(w, n, split)
-                rows = [(name, f"f{w:04d}_00", emnist_example(1.0 - x, int(y))) for x, y in zip(images, labels)]
+                rows = [
+                    (name, f"f{w:04d}_00", emnist_example(1.0 - x, int(y))) for x, y in zip(images, labels)
+                ]
                 db.executemany("INSERT INTO examples VALUES (?, ?, ?)", rows)
                 db.execute("INSERT INTO client_metadata VALUES (?, ?, ?)", (f"f{w:04d}_00", name, n))
     db.close()

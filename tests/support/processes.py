@@ -10,8 +10,19 @@ from pathlib import Path
 import psutil
 
 # A small run for tests that drive `fedrun run` as a user does.
-SMALL = ["--rounds", "2", "--clients-per-round", "8", "--epochs", "1", "--population", "100",
-         "--eval-clients", "4", "--no-progress"]
+SMALL = [
+    "--rounds",
+    "2",
+    "--clients-per-round",
+    "8",
+    "--epochs",
+    "1",
+    "--population",
+    "100",
+    "--eval-clients",
+    "4",
+    "--no-progress",
+]
 
 
 def fedrun(*args: str) -> list[str]:
@@ -19,7 +30,9 @@ def fedrun(*args: str) -> list[str]:
 
 
 def start(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(fedrun(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    return subprocess.Popen(
+        fedrun(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs
+    )
 
 
 def wait_for_rounds(path: Path, count: int, process: subprocess.Popen, timeout: float = 180) -> None:
@@ -35,8 +48,9 @@ def wait_for_rounds(path: Path, count: int, process: subprocess.Popen, timeout: 
 
 def worker_pids(coordinator: subprocess.Popen) -> list[int]:
     """The coordinator's TFF worker_binary processes (whatever wraps them)."""
-    return [p.pid for p in psutil.Process(coordinator.pid).children(recursive=True)
-            if p.name() == "worker_binary"]
+    return [
+        p.pid for p in psutil.Process(coordinator.pid).children(recursive=True) if p.name() == "worker_binary"
+    ]
 
 
 def descendant_pids(coordinator: subprocess.Popen) -> list[int]:
@@ -47,8 +61,11 @@ def descendant_pids(coordinator: subprocess.Popen) -> list[int]:
 def assert_gone(pids: list[int], timeout: float = 10) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = [pid for pid in pids if psutil.pid_exists(pid)
-                 and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+        alive = [
+            pid
+            for pid in pids
+            if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        ]
         if not alive:
             return
         time.sleep(0.1)

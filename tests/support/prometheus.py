@@ -26,8 +26,11 @@ Samples = dict[tuple[str, tuple], float]  # (name, sorted labels) -> value
 
 def samples(text: str) -> Samples:
     """A /metrics page or pushed body, parsed."""
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
 
 
 @contextlib.contextmanager

@@ -19,9 +19,14 @@ from fedrun.runtime.execution import RoundRuntime
 from fedrun.runtime.session import WorkerSession
 
 
-def run_coordinator(config: RunConfig, source: ClientDataSource, algorithm: FederatedAlgorithm,
-                    out: Path, backend: WorkerBackend | None = None,
-                    replace: bool = True) -> tuple[Any, list[dict[str, Any]]]:
+def run_coordinator(
+    config: RunConfig,
+    source: ClientDataSource,
+    algorithm: FederatedAlgorithm,
+    out: Path,
+    backend: WorkerBackend | None = None,
+    replace: bool = True,
+) -> tuple[Any, list[dict[str, Any]]]:
     """Final server state and the rounds.jsonl records of a run over `backend`'s started
     workers, or over `config.workers.count` local workers started (and stopped) here. Without
     `replace`, a failed worker's slot is dropped rather than refilled."""
@@ -45,17 +50,21 @@ def run_coordinator(config: RunConfig, source: ClientDataSource, algorithm: Fede
     return state, [record.to_json() for record in run_dir.rounds.read()]
 
 
-def reference_run(config: RunConfig, source: ClientDataSource,
-                  algorithm: FederatedAlgorithm) -> tuple[Any, list[dict[str, float]]]:
+def reference_run(
+    config: RunConfig, source: ClientDataSource, algorithm: FederatedAlgorithm
+) -> tuple[Any, list[dict[str, float]]]:
     """The same rounds in TFF's own single-process local context: final state, train metrics."""
     workload = config.workload
     with tff_local_context():
-        return reference_training(algorithm, source, seed=workload.seed, rounds=workload.rounds,
-                                  clients_per_round=workload.clients_per_round)
+        return reference_training(
+            algorithm,
+            source,
+            seed=workload.seed,
+            rounds=workload.rounds,
+            clients_per_round=workload.clients_per_round,
+        )
 
 
 def max_weight_difference(state: Any, other: Any) -> float:
     pairs = zip(state.global_model_weights.trainable, other.global_model_weights.trainable)
     return max(float(np.max(np.abs(a - b))) for a, b in pairs)
-
-

@@ -36,16 +36,22 @@ def test_config_round_trips_through_toml(tmp_path: Path):
     assert resolve(read_config_file(f)) == c
 
 
-@pytest.mark.parametrize("text,message", [
-    ("roundz = 3\n", "unknown key 'roundz' \\(did you mean 'rounds'\\?\\)"),
-    ('rounds = "3"\n', "'rounds' must be int"),
-    ("client_lr = true\n", "'client_lr' must be float"),
-    ("rounds = [\n", "not valid TOML"),
-    ("[workload]\nround = 3\n", "unknown key 'round' in \\[workload\\] \\(did you mean 'rounds'\\?\\)"),
-    ("[workload]\nworkers = 3\n", "it belongs in \\[workers\\] as count"),
-    ("[workloads]\nrounds = 3\n", "unknown table \\[workloads\\] \\(did you mean 'workload'\\?\\)"),
-    ("rounds = 3\n[workers]\ncount = 2\n", "(?s)mixes top-level keys \\(rounds\\) with tables.*\\[workload\\] rounds = 3"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("roundz = 3\n", "unknown key 'roundz' \\(did you mean 'rounds'\\?\\)"),
+        ('rounds = "3"\n', "'rounds' must be int"),
+        ("client_lr = true\n", "'client_lr' must be float"),
+        ("rounds = [\n", "not valid TOML"),
+        ("[workload]\nround = 3\n", "unknown key 'round' in \\[workload\\] \\(did you mean 'rounds'\\?\\)"),
+        ("[workload]\nworkers = 3\n", "it belongs in \\[workers\\] as count"),
+        ("[workloads]\nrounds = 3\n", "unknown table \\[workloads\\] \\(did you mean 'workload'\\?\\)"),
+        (
+            "rounds = 3\n[workers]\ncount = 2\n",
+            "(?s)mixes top-level keys \\(rounds\\) with tables.*\\[workload\\] rounds = 3",
+        ),
+    ],
+)
 def test_bad_file_is_a_clear_error(tmp_path: Path, text, message):
     f = tmp_path / "bad.toml"
     f.write_text(text)
@@ -58,19 +64,22 @@ def test_missing_file_names_the_path(tmp_path: Path):
         read_config_file(tmp_path / "nope.toml")
 
 
-@pytest.mark.parametrize("values,message", [
-    ({"rounds": -1}, "rounds must be at least 1"),
-    ({"clients_per_round": 0}, "clients_per_round must be at least 1"),
-    ({"epochs": 0}, "epochs must be at least 1"),
-    ({"client_lr": 0.0}, "client_lr must be greater than 0"),
-    ({"server_lr": -1.0}, "server_lr must be greater than 0"),
-    ({"clients_per_round": 50, "population": 40}, "exceeds the population"),
-    ({"workers": 0}, "workers must be at least 1"),
-    ({"client_loop": "while"}, "client_loop must be one of iterator, reduce"),
-    ({"worker_inter_op_threads": -2}, "inter_op_threads must be 0"),
-    ({"model": "resnet"}, "model must be one of linear, custom-linear, cnn, got 'resnet'"),
-    ({"backend": "kubernetes"}, "backend must be one of local, static, ray, got 'kubernetes'"),
-])
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"rounds": -1}, "rounds must be at least 1"),
+        ({"clients_per_round": 0}, "clients_per_round must be at least 1"),
+        ({"epochs": 0}, "epochs must be at least 1"),
+        ({"client_lr": 0.0}, "client_lr must be greater than 0"),
+        ({"server_lr": -1.0}, "server_lr must be greater than 0"),
+        ({"clients_per_round": 50, "population": 40}, "exceeds the population"),
+        ({"workers": 0}, "workers must be at least 1"),
+        ({"client_loop": "while"}, "client_loop must be one of iterator, reduce"),
+        ({"worker_inter_op_threads": -2}, "inter_op_threads must be 0"),
+        ({"model": "resnet"}, "model must be one of linear, custom-linear, cnn, got 'resnet'"),
+        ({"backend": "kubernetes"}, "backend must be one of local, static, ray, got 'kubernetes'"),
+    ],
+)
 def test_out_of_range_values_are_rejected(values, message):
     with pytest.raises(FedrunError, match=message):
         flat_config(**values)
@@ -88,5 +97,7 @@ def test_which_fields_decide_the_result_is_declared_on_them():
     # Evaluation's schedule and groups change what is measured, not the model.
     assert not {"eval_every", "eval_on", "rounds", "workers", "backend", "out"} & deciding
     c = RunConfig()
-    assert [i.key for i in c.result_differences(flat_config(eval_every=3, eval_on="heldout", workers=1))] == []
+    assert [
+        i.key for i in c.result_differences(flat_config(eval_every=3, eval_on="heldout", workers=1))
+    ] == []
     assert [i.key for i in c.result_differences(flat_config(seed=4))] == ["seed"]

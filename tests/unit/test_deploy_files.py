@@ -16,8 +16,9 @@ DEPLOY = Path(__file__).parents[2] / "deploy"
 DASHBOARD = DEPLOY / "grafana" / "fedrun-dashboard.json"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus.yml"
 K8S_MARKER = "  # --- kubernetes example ---\n"
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                                    reason="promtool not installed (apt-get install prometheus provides it)")
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus provides it)"
+)
 
 # Grafana variables, replaced by values Prometheus accepts.
 GRAFANA_VARIABLES = {"$window": "5m", "$job": "fedrun"}
@@ -55,7 +56,9 @@ def test_dashboard_has_grafana_shape():
     board = dashboard()
     assert board["title"] and board["uid"] and isinstance(board["schemaVersion"], int)
     variables = {v["name"]: v for v in board["templating"]["list"]}
-    assert variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    assert (
+        variables["datasource"]["type"] == "datasource" and variables["datasource"]["query"] == "prometheus"
+    )
     assert {"job", "window"} <= set(variables)
     cells: set[tuple[int, int]] = set()
     for panel in board["panels"]:
@@ -63,8 +66,11 @@ def test_dashboard_has_grafana_shape():
         assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         grid = panel["gridPos"]
         assert grid["x"] + grid["w"] <= 24, f"{panel['title']} is wider than the dashboard"
-        panel_cells = {(x, y) for x in range(grid["x"], grid["x"] + grid["w"])
-                       for y in range(grid["y"], grid["y"] + grid["h"])}
+        panel_cells = {
+            (x, y)
+            for x in range(grid["x"], grid["x"] + grid["w"])
+            for y in range(grid["y"], grid["y"] + grid["h"])
+        }
         assert not panel_cells & cells, f"{panel['title']} overlaps another panel"
         cells |= panel_cells
         ref_ids = [t["refId"] for t in panel["targets"]]
@@ -106,7 +112,9 @@ def test_kubernetes_example_is_a_scrape_job_once_uncommented(tmp_path):
         pytest.skip("promtool not installed (apt-get install prometheus provides it)")
     result = promtool("check", "config", str(uncommented))
     if "field kubernetes_sd_configs not found" in result.stdout + result.stderr:
-        pytest.skip("this promtool build has no Kubernetes service discovery (Debian's package leaves it out)")
+        pytest.skip(
+            "this promtool build has no Kubernetes service discovery (Debian's package leaves it out)"
+        )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -115,14 +123,21 @@ def test_kubernetes_example_selects_the_coordinator_pod_of_the_manifests(tmp_pat
     if not manifest.exists():
         pytest.skip("no deploy/k8s/coordinator.yaml in this tree")
     job = yaml.safe_load(uncommented_kubernetes_example(tmp_path).read_text())["scrape_configs"][-1]
-    keep = {rule["source_labels"][0]: rule["regex"]
-            for rule in job["relabel_configs"] if rule.get("action") == "keep"}
+    keep = {
+        rule["source_labels"][0]: rule["regex"]
+        for rule in job["relabel_configs"]
+        if rule.get("action") == "keep"
+    }
     coordinator_job = yaml.safe_load(manifest.read_text())
     pod = coordinator_job["spec"]["template"]
     container = next(c for c in pod["spec"]["containers"] if c["name"] == "coordinator")
-    assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [coordinator_job["metadata"]["namespace"]]
-    assert keep["__meta_kubernetes_pod_label_app_kubernetes_io_component"] == \
-        pod["metadata"]["labels"]["app.kubernetes.io/component"]
+    assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [
+        coordinator_job["metadata"]["namespace"]
+    ]
+    assert (
+        keep["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
+        == pod["metadata"]["labels"]["app.kubernetes.io/component"]
+    )
     assert keep["__meta_kubernetes_pod_container_port_name"] in [port["name"] for port in container["ports"]]
     assert container["args"][container["args"].index("--metrics-host") + 1] == "0.0.0.0"
 

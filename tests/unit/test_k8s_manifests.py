@@ -111,7 +111,9 @@ def test_coordinator_uses_the_worker_image_and_writes_results_to_a_volume() -> N
     assert holding, f"--out {config.output.dir} is on no mounted volume"
     assert {"emptyDir", "persistentVolumeClaim"} & set(volumes[holding[0]])
     assert config.observe.metrics_host == "0.0.0.0"
-    assert [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"] == [config.observe.metrics_port]
+    assert [p["containerPort"] for p in container["ports"] if p["name"] == "metrics"] == [
+        config.observe.metrics_port
+    ]
 
 
 def test_namespace_denies_all_traffic_by_default() -> None:
@@ -123,8 +125,12 @@ def test_namespace_denies_all_traffic_by_default() -> None:
 
 
 def _ingress_rules_for(labels: dict[str, str]) -> list[dict[str, Any]]:
-    return [rule for policy in _documents() if policy["kind"] == "NetworkPolicy"
-            and _selects(policy["spec"]["podSelector"], labels) for rule in policy["spec"].get("ingress", [])]
+    return [
+        rule
+        for policy in _documents()
+        if policy["kind"] == "NetworkPolicy" and _selects(policy["spec"]["podSelector"], labels)
+        for rule in policy["spec"].get("ingress", [])
+    ]
 
 
 def test_workers_accept_only_the_coordinator_and_only_on_the_executor_port() -> None:
@@ -152,8 +158,12 @@ def test_coordinator_metrics_accept_only_prometheus() -> None:
 
 
 def test_workers_may_reach_nothing() -> None:
-    egress = [policy for policy in _documents() if policy["kind"] == "NetworkPolicy"
-              and _selects(policy["spec"]["podSelector"], _worker_labels()) and policy["spec"].get("egress")]
+    egress = [
+        policy
+        for policy in _documents()
+        if policy["kind"] == "NetworkPolicy"
+        and _selects(policy["spec"]["podSelector"], _worker_labels())
+        and policy["spec"].get("egress")
+    ]
 
     assert egress == []
-

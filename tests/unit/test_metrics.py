@@ -15,29 +15,41 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from cluster import Worker
 from fedrun.config import RunConfig
-from tests.support.configs import flat_config
 from fedrun.errors import FedrunError
-from fedrun.observe.prometheus import PrometheusMetrics
 from fedrun.loop.records import RoundRecord, ShardRecord
+from fedrun.observe.prometheus import PrometheusMetrics
+from tests.support.configs import flat_config
 from tests.support.prometheus import free_port, samples, scrape, stand_in_pushgateway
 
 WORKERS = [Worker("local-0", "127.0.0.1:1"), Worker("local-1", "127.0.0.1:2")]
 
 
-def round_record(number: int, *, latency: float = 2.0, failures: tuple[str, ...] = (), workers: int = 2,
-                 loss: float = 1.5) -> RoundRecord:
+def round_record(
+    number: int, *, latency: float = 2.0, failures: tuple[str, ...] = (), workers: int = 2, loss: float = 1.5
+) -> RoundRecord:
     """A round of 5 clients in two shards: local-0 trains 3 clients for 0.9 s, local-1 2 clients for 0.4 s."""
     start = 10.0 * number
     return RoundRecord(
-        round=number, latency_s=latency, start=start, clients=5, examples=500, examples_trained=1000,
-        clients_per_s=5 / latency, examples_per_s=1000 / latency,
-        shards=[ShardRecord(0, "local-0", ["a", "b", "c"], 300, start, start + 0.9),
-                ShardRecord(1, "local-1", ["d", "e"], 200, start, start + 0.4)],
-        bytes_to_workers=7000, bytes_from_workers=3000, workers=workers,
+        round=number,
+        latency_s=latency,
+        start=start,
+        clients=5,
+        examples=500,
+        examples_trained=1000,
+        clients_per_s=5 / latency,
+        examples_per_s=1000 / latency,
+        shards=[
+            ShardRecord(0, "local-0", ["a", "b", "c"], 300, start, start + 0.9),
+            ShardRecord(1, "local-1", ["d", "e"], 200, start, start + 0.4),
+        ],
+        bytes_to_workers=7000,
+        bytes_from_workers=3000,
+        workers=workers,
         failures=[{"worker": w, "shard": 0, "error": "exited", "replaced": True} for w in failures],
         train={"loss": loss, "accuracy": 0.25, "num_examples": 1000},
         eval={"round_clients": {"loss": 1.25, "accuracy": 0.5}, "heldout": {"loss": 1.75, "accuracy": 0.375}},
-        eval_latency_s=0.5)
+        eval_latency_s=0.5,
+    )
 
 
 @pytest.fixture
@@ -78,7 +90,9 @@ def test_client_time_is_the_shard_time_shared_by_its_clients(registry):
     assert value("fedrun_client_training_duration_seconds_count") == 5
     assert value("fedrun_client_training_duration_seconds_sum") == pytest.approx(1.3)
     assert value("fedrun_client_training_duration_seconds_bucket", {"le": "0.25"}) == 2
-    help_text = next(f.documentation for f in registry.collect() if f.name == "fedrun_client_training_duration_seconds")
+    help_text = next(
+        f.documentation for f in registry.collect() if f.name == "fedrun_client_training_duration_seconds"
+    )
     assert "shard duration divided by the clients" in help_text
 
 
@@ -115,8 +129,11 @@ def test_serves_metrics_on_loopback_until_the_run_ends(registry):
     metrics = PrometheusMetrics(registry, port=port)
     metrics.on_start(flat_config(rounds=7), WORKERS)
     try:
-        listening = [c.laddr for c in psutil.Process().net_connections("tcp")
-                     if c.status == psutil.CONN_LISTEN and c.laddr.port == port]
+        listening = [
+            c.laddr
+            for c in psutil.Process().net_connections("tcp")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port
+        ]
         assert [address.ip for address in listening] == ["127.0.0.1"]
         assert samples(scrape(port))[("fedrun_round", ())] == 0
         metrics.on_round(round_record(1))
@@ -205,13 +222,15 @@ def test_a_scrape_never_sees_half_a_round(registry):
     assert done > 0
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None,
-                    reason="promtool not installed (apt-get install prometheus provides it)")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (apt-get install prometheus provides it)"
+)
 def test_exposition_passes_promtool_lint(registry):
     metrics = PrometheusMetrics(registry)
     metrics.on_start(RunConfig(), WORKERS)
     metrics.on_round(round_record(1, failures=("local-1",)))
-    result = subprocess.run(["promtool", "check", "metrics"], input=generate_latest(registry),
-                            capture_output=True, timeout=30)
+    result = subprocess.run(
+        ["promtool", "check", "metrics"], input=generate_latest(registry), capture_output=True, timeout=30
+    )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.decode() + result.stderr.decode() == ""

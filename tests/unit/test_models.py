@@ -7,22 +7,25 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from fedrun.learning import algorithm
-from fedrun.learning.registry import CLIENT_LOOPS, MODELS, OPTIMIZERS
 from fedrun.errors import FedrunError
+from fedrun.learning import algorithm
 from fedrun.learning.models import ModelSpec, create_model_fn
+from fedrun.learning.registry import CLIENT_LOOPS, MODELS, OPTIMIZERS
 from tests.support.configs import flat_config
 
 FEATURES, CLASSES = 12, 4
-INPUT_SPEC = collections.OrderedDict(x=tf.TensorSpec([None, FEATURES], tf.float32),
-                                     y=tf.TensorSpec([None, 1], tf.int32))
+INPUT_SPEC = collections.OrderedDict(
+    x=tf.TensorSpec([None, FEATURES], tf.float32), y=tf.TensorSpec([None, 1], tf.int32)
+)
 SPEC = ModelSpec(INPUT_SPEC, (3, 4), CLASSES)
 
 
 def batch(seed: int, n: int = 8) -> collections.OrderedDict:
     rng = np.random.default_rng(seed)
-    return collections.OrderedDict(x=tf.constant(rng.normal(size=(n, FEATURES)), tf.float32),
-                                   y=tf.constant(rng.integers(0, CLASSES, (n, 1)), tf.int32))
+    return collections.OrderedDict(
+        x=tf.constant(rng.normal(size=(n, FEATURES)), tf.float32),
+        y=tf.constant(rng.integers(0, CLASSES, (n, 1)), tf.int32),
+    )
 
 
 def set_weights(model, seed: int) -> None:
@@ -52,7 +55,10 @@ def test_custom_linear_computes_what_the_keras_linear_model_computes():
         for ours, theirs in zip(grads[1], grads[0]):
             np.testing.assert_allclose(ours, theirs, atol=1e-7)
     # The sums TFF adds across clients: [loss sum, examples], [correct, examples], [examples].
-    keras_sums, custom_sums = keras.report_local_unfinalized_metrics(), custom.report_local_unfinalized_metrics()
+    keras_sums, custom_sums = (
+        keras.report_local_unfinalized_metrics(),
+        custom.report_local_unfinalized_metrics(),
+    )
     np.testing.assert_allclose(custom_sums["loss"], keras_sums["loss"], rtol=1e-6)
     np.testing.assert_allclose(custom_sums["accuracy"], keras_sums["sparse_categorical_accuracy"])
     np.testing.assert_allclose(custom_sums["num_examples"], keras_sums["num_examples"])
@@ -69,8 +75,9 @@ def test_custom_linear_metrics_are_example_weighted_across_clients():
         set_weights(model, seed=0)
         model.forward_pass(batch(seed, n))
         clients.append(model)
-    summed = tf.nest.map_structure(lambda *parts: sum(parts),
-                                   *[m.report_local_unfinalized_metrics() for m in clients])
+    summed = tf.nest.map_structure(
+        lambda *parts: sum(parts), *[m.report_local_unfinalized_metrics() for m in clients]
+    )
     finalizers = clients[0].metric_finalizers()
     losses = [finalized(m)["loss"] for m in clients]
     assert float(finalizers["loss"](summed["loss"])) == pytest.approx((2 * losses[0] + 10 * losses[1]) / 12)
@@ -78,14 +85,21 @@ def test_custom_linear_metrics_are_example_weighted_across_clients():
 
 
 def test_cnn_reshapes_flat_images_and_predicts_every_class():
-    spec = ModelSpec(collections.OrderedDict(x=tf.TensorSpec([None, 784], tf.float32),
-                                             y=tf.TensorSpec([None, 1], tf.int32)), (28, 28), 10)
+    spec = ModelSpec(
+        collections.OrderedDict(
+            x=tf.TensorSpec([None, 784], tf.float32), y=tf.TensorSpec([None, 1], tf.int32)
+        ),
+        (28, 28),
+        10,
+    )
     first, second = create_model_fn("cnn", spec)(), create_model_fn("cnn", spec)()
     kernels = [v.shape for v in first.trainable_variables if len(v.shape) > 1]
     assert kernels == [(5, 5, 1, 32), (5, 5, 32, 64), (7 * 7 * 64, 512), (512, 10)]
     for a, b in zip(first.trainable_variables, second.trainable_variables):
         np.testing.assert_array_equal(a, b)  # seeded: every run starts from the same model
-    output = first.forward_pass(collections.OrderedDict(x=tf.random.uniform([3, 784]), y=tf.zeros([3, 1], tf.int32)))
+    output = first.forward_pass(
+        collections.OrderedDict(x=tf.random.uniform([3, 784]), y=tf.zeros([3, 1], tf.int32))
+    )
     assert output.predictions.shape == (3, 10)
     np.testing.assert_allclose(tf.reduce_sum(output.predictions, axis=1), 1.0, rtol=1e-5)
 
@@ -96,14 +110,24 @@ def test_cnn_needs_image_examples():
 
 
 def test_unknown_model():
-    with pytest.raises(FedrunError, match="unknown model 'resnet'; choose one of: linear, custom-linear, cnn"):
+    with pytest.raises(
+        FedrunError, match="unknown model 'resnet'; choose one of: linear, custom-linear, cnn"
+    ):
         create_model_fn("resnet", SPEC)
 
 
 @pytest.mark.parametrize("accuracy_name", ["accuracy", "sparse_categorical_accuracy"])
 def test_metric_names_map_to_fedruns(accuracy_name):
-    metrics = {"client_work": {"train": {"loss": np.float32(0.5), accuracy_name: np.float32(0.25),
-                                         "num_examples": np.int64(7), "num_batches": np.int64(1)}}}
+    metrics = {
+        "client_work": {
+            "train": {
+                "loss": np.float32(0.5),
+                accuracy_name: np.float32(0.25),
+                "num_examples": np.int64(7),
+                "num_batches": np.int64(1),
+            }
+        }
+    }
     assert algorithm.train_metrics(metrics) == {"loss": 0.5, "accuracy": 0.25, "num_examples": 7}
 
 
@@ -116,12 +140,15 @@ def test_every_registered_choice_loads_what_learning_builds_with():
         assert callable(MODELS[name].load())
 
 
-@pytest.mark.parametrize("values,message", [
-    ({"client_optimizer": "adagrad"}, "client_optimizer must be one of sgd, adam, got 'adagrad'"),
-    ({"server_optimizer": "SGD"}, "server_optimizer must be one of sgd, adam"),
-    ({"server_optimizer": "adam", "server_momentum": 0.9}, "server_momentum applies to sgd only"),
-    ({"client_optimizer": "adam", "client_momentum": 0.5}, "client_momentum applies to sgd only"),
-])
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"client_optimizer": "adagrad"}, "client_optimizer must be one of sgd, adam, got 'adagrad'"),
+        ({"server_optimizer": "SGD"}, "server_optimizer must be one of sgd, adam"),
+        ({"server_optimizer": "adam", "server_momentum": 0.9}, "server_momentum applies to sgd only"),
+        ({"client_optimizer": "adam", "client_momentum": 0.5}, "client_momentum applies to sgd only"),
+    ],
+)
 def test_optimizer_configuration_errors(values, message):
     with pytest.raises(FedrunError, match=message):
         flat_config(**values)

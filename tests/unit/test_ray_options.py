@@ -109,16 +109,31 @@ def test_malformed_resources_flag_is_a_user_error(text: str, message: str) -> No
 
 
 def test_ray_config_becomes_ray_worker_options(tmp_path: Path) -> None:
-    config = flat_config(backend="ray", worker_cpus=0.5, worker_gpus=1.0, worker_resources="zone_a=1",
-                         placement_strategy="SPREAD", worker_max_concurrent_calls=3,
-                         worker_start_timeout_s=30.0)
+    config = flat_config(
+        backend="ray",
+        worker_cpus=0.5,
+        worker_gpus=1.0,
+        worker_resources="zone_a=1",
+        placement_strategy="SPREAD",
+        worker_max_concurrent_calls=3,
+        worker_start_timeout_s=30.0,
+    )
 
     options = backend_options(config.cluster, tmp_path / "workers")
 
     assert options == RayWorkerOptions(
-        cpus=0.5, gpus=1.0, resources={"zone_a": 1.0}, placement_strategy="SPREAD",
-        process=LocalWorkerOptions(max_concurrent_computation_calls=3, ready_timeout_s=30,
-                                   log_dir=tmp_path / "workers", isolation="none"),
+        cpus=0.5,
+        gpus=1.0,
+        resources={"zone_a": 1.0},
+        placement_strategy="SPREAD",
+        process=LocalWorkerOptions(
+            max_concurrent_computation_calls=3,
+            ready_timeout_s=30,
+            log_dir=tmp_path / "workers",
+            isolation="none",
+        ),
     )
-    joined = backend_options(flat_config(backend="ray", ray_address="head:6379").cluster, tmp_path / "workers")
+    joined = backend_options(
+        flat_config(backend="ray", ray_address="head:6379").cluster, tmp_path / "workers"
+    )
     assert joined.address == "head:6379" and joined.process.log_dir is None  # not this machine's

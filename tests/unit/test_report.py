@@ -11,38 +11,56 @@ import pytest
 
 from fedrun.cli import main
 from fedrun.errors import FedrunError
+from fedrun.loop.records import RoundRecord, ShardRecord
 from fedrun.loop.run_dir import RoundsFile
 from fedrun.observe.summary import running_time
 from fedrun.report.figures import worker_timeline
 from fedrun.report.writer import write_report
-from fedrun.loop.records import RoundRecord, ShardRecord
 
 PLOTS = ["accuracy.png", "loss.png", "latency.png", "latency_cdf.png"]
 
 
 def synthetic_round(number: int) -> RoundRecord:
-    """Round n: latency 1 + (n % 7) / 10 s (round 1: 5 s, tracing), 4 shards on 2 workers, eval every 2nd round."""
+    """Round n: latency 1 + (n % 7) / 10 s (round 1: 5 s, tracing), 4 shards on 2 workers, eval
+    every 2nd round."""
     latency = 5.0 if number == 1 else 1 + (number % 7) / 10
     start = 10.0 * number
-    shards = [ShardRecord(0, "w0", ["a", "b"], 200, start + 0.01, start + 0.4),
-              ShardRecord(1, "w1", ["c"], 100, start + 0.01, start + 0.3),
-              ShardRecord(2, "w1", ["d", "e"], 200, start + 0.35, start + 0.7),
-              ShardRecord(3, "w0", ["f"], 100, start + 0.4, start + 0.6)]
-    evaluation = {"round_clients": {"loss": 2 - number / 20, "accuracy": 0.1 + number / 50},
-                  "heldout": {"loss": 2.1 - number / 25, "accuracy": 0.05 + (number % 5) / 10}}
+    shards = [
+        ShardRecord(0, "w0", ["a", "b"], 200, start + 0.01, start + 0.4),
+        ShardRecord(1, "w1", ["c"], 100, start + 0.01, start + 0.3),
+        ShardRecord(2, "w1", ["d", "e"], 200, start + 0.35, start + 0.7),
+        ShardRecord(3, "w0", ["f"], 100, start + 0.4, start + 0.6),
+    ]
+    evaluation = {
+        "round_clients": {"loss": 2 - number / 20, "accuracy": 0.1 + number / 50},
+        "heldout": {"loss": 2.1 - number / 25, "accuracy": 0.05 + (number % 5) / 10},
+    }
     return RoundRecord(
-        round=number, latency_s=latency, start=start, clients=6, examples=600, examples_trained=1200 + number,
-        clients_per_s=6 / latency, examples_per_s=(1200 + number) / latency, shards=shards,
-        bytes_to_workers=10_000 + number, bytes_from_workers=2_000, workers=2,
+        round=number,
+        latency_s=latency,
+        start=start,
+        clients=6,
+        examples=600,
+        examples_trained=1200 + number,
+        clients_per_s=6 / latency,
+        examples_per_s=(1200 + number) / latency,
+        shards=shards,
+        bytes_to_workers=10_000 + number,
+        bytes_from_workers=2_000,
+        workers=2,
         failures=[{"worker": "w1", "shard": 2, "error": "exited", "replaced": True}] if number == 3 else [],
         train={"loss": 2.2 - number / 30, "accuracy": 0.1 + number / 60, "num_examples": 1200 + number},
-        eval=evaluation if number % 2 == 0 else {}, eval_latency_s=0.25 if number % 2 == 0 else 0.0)
+        eval=evaluation if number % 2 == 0 else {},
+        eval_latency_s=0.25 if number % 2 == 0 else 0.0,
+    )
 
 
 def write_run(directory: Path, rounds: int, planned: int | None = None) -> list[RoundRecord]:
     directory.mkdir(parents=True, exist_ok=True)
     records = [synthetic_round(n) for n in range(1, rounds + 1)]
-    (directory / "rounds.jsonl").write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in records))
+    (directory / "rounds.jsonl").write_text(
+        "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in records)
+    )
     if planned:
         (directory / "config.toml").write_text(f"rounds = {planned}\nworkers = 2\nclients_per_round = 6\n")
     return records
@@ -76,8 +94,10 @@ def test_summary_numbers_are_the_data(tmp_path):
     table = summary_table(write_report(tmp_path))
     latencies = [r.latency_s for r in records]
     assert table["rounds in rounds.jsonl"] == "20 of 30 planned"
-    assert table["round latency p50 / p95 / p99"] == " / ".join(
-        f"{np.percentile(latencies, q):.3f}" for q in (50, 95, 99)) + " s"
+    assert (
+        table["round latency p50 / p95 / p99"]
+        == " / ".join(f"{np.percentile(latencies, q):.3f}" for q in (50, 95, 99)) + " s"
+    )
     assert table["round latency min / max"] == "1.000 / 5.000 s"
     assert table["first round latency (includes tracing)"] == "5.000 s"
     assert table["examples trained (all epochs)"] == str(sum(1200 + n for n in range(1, 21)))
@@ -103,14 +123,18 @@ def test_chosen_round_gets_its_gantt_chart(tmp_path):
 
 def test_worker_timeline_is_relative_to_the_round_and_keeps_idle_gaps():
     timeline = worker_timeline(synthetic_round(4))
-    as_numbers = {w: [(round(s, 6), round(d, 6), shard.shard) for s, d, shard in bars] for w, bars in timeline.items()}
+    as_numbers = {
+        w: [(round(s, 6), round(d, 6), shard.shard) for s, d, shard in bars] for w, bars in timeline.items()
+    }
     assert as_numbers == {"w0": [(0.01, 0.39, 0), (0.4, 0.2, 3)], "w1": [(0.01, 0.29, 1), (0.35, 0.35, 2)]}
 
 
 def test_running_time_continues_across_a_resume():
     first = [synthetic_round(n) for n in (1, 2)]  # ends at 20 + 1.2 + 0.25 s
     resumed = [dataclasses.replace(synthetic_round(n), start=synthetic_round(n).start - 25) for n in (3, 4)]
-    assert running_time(first + resumed) == pytest.approx([15.0, 21.45, 21.45 + 5 + 1.3, 21.45 + 15 + 1.4 + 0.25])
+    assert running_time(first + resumed) == pytest.approx(
+        [15.0, 21.45, 21.45 + 5 + 1.3, 21.45 + 15 + 1.4 + 0.25]
+    )
 
 
 def test_a_run_still_being_written_skips_its_torn_last_line(tmp_path, caplog):
@@ -123,7 +147,9 @@ def test_a_run_still_being_written_skips_its_torn_last_line(tmp_path, caplog):
     assert table["rounds in rounds.jsonl"] == "6 of 10 planned"
     assert any("incomplete last line" in r.getMessage() for r in caplog.records)
 
-    (tmp_path / "rounds.jsonl").write_text(complete + json.dumps(dataclasses.asdict(synthetic_round(7))) + "\n")
+    (tmp_path / "rounds.jsonl").write_text(
+        complete + json.dumps(dataclasses.asdict(synthetic_round(7))) + "\n"
+    )
     assert summary_table(write_report(tmp_path))["rounds in rounds.jsonl"] == "7 of 10 planned"
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from fedrun.selection.sampling import sample_clients, shuffle_seeds
+from fedrun.selection.sampling import round_rng, sample_clients, shuffle_seeds
 
 
 def test_same_seed_and_round_gives_same_clients():
@@ -38,3 +38,11 @@ def test_shuffle_seeds_depend_on_round_not_on_position_of_call():
     clients = np.array([5, 9, 2])
     assert np.array_equal(shuffle_seeds(0, 1, clients), shuffle_seeds(0, 1, clients))
     assert not np.array_equal(shuffle_seeds(0, 1, clients), shuffle_seeds(0, 2, clients))
+
+
+@pytest.mark.parametrize(
+    "a,b", [("latency_train", "latency_eval"), ("straggler", "stragglers"), ("sample", "sample\0")]
+)
+def test_streams_whose_names_share_a_prefix_draw_independently(a, b):
+    # Stream ids were once the first 8 bytes of the name, so these pairs shared their draws.
+    assert round_rng(0, 1, a).integers(2**62) != round_rng(0, 1, b).integers(2**62)

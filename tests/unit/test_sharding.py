@@ -4,7 +4,9 @@ import pytest
 from fedrun.selection.sharding import make_shards
 
 
-@pytest.mark.parametrize("num_clients,num_shards", [(1, 1), (1, 4), (32, 1), (32, 2), (32, 3), (33, 8), (7, 7), (5, 9)])
+@pytest.mark.parametrize(
+    "num_clients,num_shards", [(1, 1), (1, 4), (32, 1), (32, 2), (32, 3), (33, 8), (7, 7), (5, 9)]
+)
 def test_every_client_in_exactly_one_shard_in_order(num_clients, num_shards):
     sizes = np.random.default_rng(num_clients).integers(1, 300, size=num_clients)
     shards = make_shards(sizes.tolist(), num_shards)

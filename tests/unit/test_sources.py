@@ -15,13 +15,19 @@ import pytest
 import tensorflow as tf
 import tensorflow_federated as tff
 
-from tests.support.data_files import emnist_example, write_emnist_h5, write_emnist_sqlite, write_npz, writer_examples
-from fedrun.selection.cohort import evaluation_groups, training_cohort
 from fedrun.data.registry import SourceOptions, create_source
 from fedrun.data.source import TEST, TRAIN
 from fedrun.errors import FedrunError
-from tests.support.configs import flat_config
+from fedrun.selection.cohort import evaluation_groups, training_cohort
 from fedrun.selection.sharding import make_shards
+from tests.support.configs import flat_config
+from tests.support.data_files import (
+    emnist_example,
+    write_emnist_h5,
+    write_emnist_sqlite,
+    write_npz,
+    writer_examples,
+)
 
 
 def examples(source, client, split):
@@ -30,10 +36,13 @@ def examples(source, client, split):
 
 
 def by_name(source, name):
-    return next(c for c in range(source.population + len(source.heldout_clients())) if source.client_name(c) == name)
+    return next(
+        c for c in range(source.population + len(source.heldout_clients())) if source.client_name(c) == name
+    )
 
 
 # --- .npz files -------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def npz_file(tmp_path_factory):
@@ -75,8 +84,9 @@ def test_npz_with_a_test_file(tmp_path):
 
 def test_npz_integer_client_ids_and_any_feature_shape(tmp_path):
     path = tmp_path / "vectors.npz"
-    np.savez(path, x=np.arange(40, dtype=np.float64).reshape(20, 2), y=np.arange(20) % 3,
-             client=np.arange(20) % 4)
+    np.savez(
+        path, x=np.arange(40, dtype=np.float64).reshape(20, 2), y=np.arange(20) % 3, client=np.arange(20) % 4
+    )
     source = create_source(SourceOptions(data=str(path)))
     assert source.population == 4 and source.num_classes == 3
     assert source.element_spec[0].shape == (2,)
@@ -99,7 +109,9 @@ def test_npz_conversion_is_cached_until_the_file_changes(tmp_path):
 def test_converted_file_is_tffs_own_client_data_format(npz_file):
     source = create_source(SourceOptions(data=str(npz_file)))
     spec = {"x": tf.TensorSpec([28, 28], tf.float32), "y": tf.TensorSpec([], tf.int64)}
-    tff_data = tff.simulation.datasets.load_and_parse_sql_client_data(str(source.store), spec, split_name="test")
+    tff_data = tff.simulation.datasets.load_and_parse_sql_client_data(
+        str(source.store), spec, split_name="test"
+    )
     assert sorted(tff_data.client_ids) == [f"writer-{c}" for c in range(6)]
     labels = [int(e["y"]) for e in tff_data.create_tf_dataset_for_client("writer-3")]
     assert labels == list(examples(source, by_name(source, "writer-3"), TEST)[1])
@@ -136,17 +148,20 @@ def test_npz_single_array_instead_of_archive(tmp_path):
         create_source(SourceOptions(data=str(path)))
 
 
-@pytest.mark.parametrize("arrays,problem", [
-    ({"x": GOOD["x"], "y": GOOD["y"]}, "lacks array\\(s\\) client"),
-    ({**GOOD, "y": np.array([0, 1, 0])}, "one entry per example"),
-    ({**GOOD, "x": np.zeros((5, 3))}, "one entry per example"),
-    ({**GOOD, "y": np.array([[0], [1], [0], [1]])}, "one entry per example"),
-    ({**GOOD, "y": np.array([0.0, 1.0, 0.0, 1.0])}, "store the labels as integers"),
-    ({**GOOD, "y": np.array([0, -1, 0, 1])}, "label -1 is negative"),
-    ({**GOOD, "x": np.array(["a", "b", "c", "d"])}, "store the features as real numbers"),
-    ({**GOOD, "client": np.array([0.5, 0.5, 1.0, 1.0])}, "integer or string client ids"),
-    ({"x": np.zeros((0, 3)), "y": np.zeros(0, int), "client": np.zeros(0, int)}, "holds no examples"),
-])
+@pytest.mark.parametrize(
+    "arrays,problem",
+    [
+        ({"x": GOOD["x"], "y": GOOD["y"]}, "lacks array\\(s\\) client"),
+        ({**GOOD, "y": np.array([0, 1, 0])}, "one entry per example"),
+        ({**GOOD, "x": np.zeros((5, 3))}, "one entry per example"),
+        ({**GOOD, "y": np.array([[0], [1], [0], [1]])}, "one entry per example"),
+        ({**GOOD, "y": np.array([0.0, 1.0, 0.0, 1.0])}, "store the labels as integers"),
+        ({**GOOD, "y": np.array([0, -1, 0, 1])}, "label -1 is negative"),
+        ({**GOOD, "x": np.array(["a", "b", "c", "d"])}, "store the features as real numbers"),
+        ({**GOOD, "client": np.array([0.5, 0.5, 1.0, 1.0])}, "integer or string client ids"),
+        ({"x": np.zeros((0, 3)), "y": np.zeros(0, int), "client": np.zeros(0, int)}, "holds no examples"),
+    ],
+)
 def test_npz_misshaped_arrays(tmp_path, arrays, problem):
     message = npz_error(tmp_path, **arrays)
     assert "bad.npz" in message
@@ -178,6 +193,7 @@ def test_too_many_heldout_clients(npz_file):
 
 
 # --- federated EMNIST ---------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def emnist_h5(tmp_path_factory):
@@ -248,6 +264,7 @@ def h5_error(tmp_path, build):
 def test_emnist_label_outside_the_variants_classes(tmp_path):
     def relabel(h5):
         h5["examples/f0001_01/label"][0] = 12
+
     assert "label 12 is outside 0..9 of --data emnist" in h5_error(tmp_path, relabel)
 
 
@@ -256,6 +273,7 @@ def test_emnist_empty_writer(tmp_path):
         group = h5.create_group("examples/f0009_09")
         group["label"] = np.zeros(0, np.int32)
         group["pixels"] = np.zeros((0, 28, 28), np.float32)
+
     assert "examples/f0009_09 holds no examples" in h5_error(tmp_path, empty)
 
 
@@ -263,12 +281,14 @@ def test_emnist_misshaped_pixels(tmp_path):
     def reshape(h5):
         del h5["examples/f0000_00/pixels"]
         h5["examples/f0000_00/pixels"] = np.zeros((3, 28, 27), np.float32)
+
     assert "should be (n, 28, 28) and (n,)" in h5_error(tmp_path, reshape)
 
 
 def test_emnist_missing_datasets_or_group(tmp_path):
     assert "lacks the datasets 'pixels' and 'label'" in h5_error(
-        tmp_path / "a", lambda h5: h5.__delitem__("examples/f0000_00/label"))
+        tmp_path / "a", lambda h5: h5.__delitem__("examples/f0000_00/label")
+    )
     assert "has no group 'examples'" in h5_error(tmp_path / "b", lambda h5: h5.__delitem__("examples"))
 
 
@@ -286,7 +306,9 @@ def test_sqlite_file_with_clients_rows_scattered(tmp_path):
         db.execute("CREATE TABLE client_metadata (client_id TEXT, split_name TEXT, num_examples INTEGER)")
         pixels = np.zeros((28, 28), np.float32)
         for client in ["a", "b", "a"]:
-            db.execute("INSERT INTO examples VALUES ('digits_only_train', ?, ?)", (client, emnist_example(pixels, 1)))
+            db.execute(
+                "INSERT INTO examples VALUES ('digits_only_train', ?, ?)", (client, emnist_example(pixels, 1))
+            )
     db.close()
     with pytest.raises(FedrunError, match="client\\(s\\) a are not stored in one run of rows"):
         create_source(SourceOptions(data="emnist", data_dir=str(tmp_path)))
@@ -304,6 +326,7 @@ def test_unknown_source_name():
 
 
 # --- cohorts over large populations ------------------------------------------------------------------
+
 
 def test_cohort_cost_does_not_grow_with_the_population():
     """A round's sampling, keys and shards for a billion clients: O(K) time and memory."""
@@ -337,12 +360,19 @@ def test_evaluation_groups(npz_file):
 
 # --- configuration of data and evaluation -------------------------------------------------------------
 
-@pytest.mark.parametrize("values,message", [
-    ({"eval_on": "heldout,everyone"}, "eval_on must list distinct groups from round_clients, heldout, sample"),
-    ({"eval_on": "heldout,heldout"}, "eval_on must list distinct groups"),
-    ({"eval_on": "sample", "eval_clients": 0}, "set eval_clients above 0"),
-    ({"data_placement": "ray"}, "data_placement must be one of workers, coordinator, got 'ray'"),
-])
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        (
+            {"eval_on": "heldout,everyone"},
+            "eval_on must list distinct groups from round_clients, heldout, sample",
+        ),
+        ({"eval_on": "heldout,heldout"}, "eval_on must list distinct groups"),
+        ({"eval_on": "sample", "eval_clients": 0}, "set eval_clients above 0"),
+        ({"data_placement": "ray"}, "data_placement must be one of workers, coordinator, got 'ray'"),
+    ],
+)
 def test_data_and_evaluation_configuration_errors(values, message):
     with pytest.raises(FedrunError, match=message):
         flat_config(**values)
@@ -356,7 +386,21 @@ def test_population_bounds_the_cohort_only_for_generated_data():
 
 def test_cli_refuses_a_cohort_larger_than_the_files_population(npz_file, tmp_path, capsys):
     from fedrun.cli import main
-    code = main(["run", "--data", str(npz_file), "--eval-clients", "2", "--clients-per-round", "5",
-                 "--out", str(tmp_path / "run"), "--no-progress", "--no-tensorboard"])
+
+    code = main(
+        [
+            "run",
+            "--data",
+            str(npz_file),
+            "--eval-clients",
+            "2",
+            "--clients-per-round",
+            "5",
+            "--out",
+            str(tmp_path / "run"),
+            "--no-progress",
+            "--no-tensorboard",
+        ]
+    )
     assert code == 2
     assert "has 4 training clients, fewer than --clients-per-round 5" in capsys.readouterr().err

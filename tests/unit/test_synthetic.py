@@ -78,16 +78,23 @@ def test_glyph_templates_are_distinct_cached_prototypes_of_the_examples():
 
 def test_same_seeds_give_same_bits_eagerly_and_in_tf_function():
     first, again = examples(64, 123, 9), examples(64, 123, 9)
-    traced = tf.function(generate_examples, input_signature=[
-        tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int64), tf.TensorSpec([], tf.int64)])
+    traced = tf.function(
+        generate_examples,
+        input_signature=[
+            tf.TensorSpec([], tf.int32),
+            tf.TensorSpec([], tf.int64),
+            tf.TensorSpec([], tf.int64),
+        ],
+    )
     from_tensors = traced(tf.constant(64), tf.constant(123, tf.int64), tf.constant(9, tf.int64))
     from_constants = tf.function(lambda: generate_examples(64, 123, 9))()  # grappler folds these
     for a, b, c, d in zip(first, again, from_tensors, from_constants):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c.numpy())
         np.testing.assert_array_equal(a, d.numpy())
-    stateful = [op.type for op in traced.get_concrete_function().graph.get_operations()
-                if op.op_def.is_stateful]
+    stateful = [
+        op.type for op in traced.get_concrete_function().graph.get_operations() if op.op_def.is_stateful
+    ]
     assert not stateful  # stateless only: no tf.random.uniform, no py_function
 
 
@@ -98,11 +105,16 @@ def after_tff_static_grappler(args, constant):
     as TFF's worker binary does."""
     graph = tf.Graph()
     with graph.as_default():
-        inputs = {tf.compat.v1.placeholder(dtype, []): arg
-                  for arg, dtype, baked in zip(args, (tf.int32, tf.int64, tf.int64), constant) if not baked}
+        inputs = {
+            tf.compat.v1.placeholder(dtype, []): arg
+            for arg, dtype, baked in zip(args, (tf.int32, tf.int64, tf.int64), constant)
+            if not baked
+        }
         fed = iter(inputs)
-        outputs = [tf.identity(t) for t in generate_examples(
-            *(arg if baked else next(fed) for arg, baked in zip(args, constant)))]
+        outputs = [
+            tf.identity(t)
+            for t in generate_examples(*(arg if baked else next(fed) for arg, baked in zip(args, constant)))
+        ]
     meta_graph = tf.compat.v1.MetaGraphDef()
     meta_graph.graph_def.CopyFrom(graph.as_graph_def())
     signature = meta_graph.signature_def["FunctionSpec"]
@@ -113,8 +125,13 @@ def after_tff_static_grappler(args, constant):
             info.tensor_shape.CopyFrom(tensor.shape.as_proto())
     static = tf.compat.v1.ConfigProto()
     rewrites = static.graph_options.rewrite_options
-    for option in ("memory_optimization", "constant_folding", "arithmetic_optimization",
-                   "loop_optimization", "function_optimization"):
+    for option in (
+        "memory_optimization",
+        "constant_folding",
+        "arithmetic_optimization",
+        "loop_optimization",
+        "function_optimization",
+    ):
         setattr(rewrites, option, rewrites.AGGRESSIVE)
     optimized = tf_optimizer.OptimizeGraph(static, meta_graph)
     assert optimized != meta_graph.graph_def  # the rewrites happened
@@ -127,8 +144,17 @@ def after_tff_static_grappler(args, constant):
         return session.run([t.name for t in outputs], {t.name: arg for t, arg in inputs.items()})
 
 
-@pytest.mark.parametrize("constant", [(False, False, False), (True, True, True), (True, False, False),
-                                      (False, True, True), (False, True, False), (False, False, True)])
+@pytest.mark.parametrize(
+    "constant",
+    [
+        (False, False, False),
+        (True, True, True),
+        (True, False, False),
+        (False, True, True),
+        (False, True, False),
+        (False, False, True),
+    ],
+)
 def test_same_bits_after_tffs_graph_rewrites(constant):
     # Grappler regroups sums and products and folds constants; written carelessly, the data
     # built on a TFF worker would differ from the data built eagerly by ~1e-6.
@@ -164,8 +190,9 @@ def test_writers_are_not_identically_distributed():
     """Two writers' mean images differ far more than two halves of one writer's examples."""
     images = [examples(200, w)[0] for w in range(6)]
     within = [np.linalg.norm(x[:100].mean(0) - x[100:].mean(0)) for x in images]
-    between = [np.linalg.norm(images[i].mean(0) - images[j].mean(0))
-               for i in range(6) for j in range(i + 1, 6)]
+    between = [
+        np.linalg.norm(images[i].mean(0) - images[j].mean(0)) for i in range(6) for j in range(i + 1, 6)
+    ]
     assert min(between) > max(within)
     assert np.median(between) > 3 * np.median(within)  # IID writers: ~0.7x
 
