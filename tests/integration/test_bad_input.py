@@ -20,20 +20,8 @@ from tests.support.processes import fedrun
 
 pytestmark = pytest.mark.timeout(120)
 
-SMALL = [
-    "--rounds",
-    "1",
-    "--clients-per-round",
-    "4",
-    "--epochs",
-    "1",
-    "--population",
-    "20",
-    "--eval-clients",
-    "2",
-    "--no-progress",
-    "--no-tensorboard",
-]
+SMALL = "--rounds 1 --clients-per-round 4 --epochs 1 --population 20 --eval-clients 2".split()
+SMALL += ["--no-progress", "--no-tensorboard"]
 EARLIER = {
     "rounds.jsonl": '{"round": 1}\n',
     "checkpoint.npz": "earlier checkpoint",

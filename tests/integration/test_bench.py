@@ -14,20 +14,9 @@ pytestmark = pytest.mark.timeout(900)
 
 SYSTEMS = ("fedrun", "tff_local", "tff_local_same_loop", "tf_loop")
 ROUNDS = 3
-TINY = [
-    "--rounds",
-    str(ROUNDS),
-    "--clients-per-round",
-    "6",
-    "--epochs",
-    "1",
-    "--population",
-    "60",
-    "--eval-clients",
-    "4",
-    "--workers",
-    "2",
-]
+TINY = (
+    f"--rounds {ROUNDS} --clients-per-round 6 --epochs 1 --population 60 --eval-clients 4 --workers 2".split()
+)
 SYSTEM_FIELDS = {
     "import_s",
     "build_s",

@@ -10,23 +10,17 @@ import tomllib
 import numpy as np
 import pytest
 
-from tests.support.processes import assert_gone, descendant_pids, fedrun, start, wait_for_rounds, worker_pids
+from tests.support.processes import (
+    SMALL,
+    assert_gone,
+    descendant_pids,
+    fedrun,
+    start,
+    wait_for_rounds,
+    worker_pids,
+)
 
 pytestmark = pytest.mark.timeout(300)
-
-SMALL = [
-    "--rounds",
-    "2",
-    "--clients-per-round",
-    "8",
-    "--epochs",
-    "1",
-    "--population",
-    "100",
-    "--eval-clients",
-    "4",
-    "--no-progress",
-]
 
 
 def test_run_writes_rounds_config_and_weights(tmp_path):

@@ -24,23 +24,8 @@ from tests.support.prometheus import Samples, free_port, samples, stand_in_pushg
 pytestmark = pytest.mark.timeout(300)
 
 ROUNDS = 8
-RUN = [
-    "--rounds",
-    str(ROUNDS),
-    "--clients-per-round",
-    "8",
-    "--epochs",
-    "1",
-    "--population",
-    "100",
-    "--eval-clients",
-    "4",
-    "--workers",
-    "2",
-    "--shards",
-    "3",
-    "--no-progress",
-]
+RUN = f"--rounds {ROUNDS} --clients-per-round 8 --epochs 1 --population 100 --eval-clients 4".split()
+RUN += ["--workers", "2", "--shards", "3", "--no-progress"]
 
 
 @dataclass

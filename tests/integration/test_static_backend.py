@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import psutil
@@ -33,32 +32,11 @@ from cluster import (
 from cluster.static.backend import StaticBackend
 from cluster.static.options import StaticWorkerOptions
 from fedrun.errors import FedrunError
+from tests.support.backends import free_port, start_fedrun_worker, stop_fedrun_worker
 from tests.support.configs import flat_config
 from tests.support.waiting import env_with_repo_on_path, eventually, grpc_ready
 
 pytestmark = pytest.mark.timeout(300)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _start_fedrun_worker(port: int, stderr: Any = subprocess.DEVNULL) -> subprocess.Popen[str]:
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "fedrun.cli", "worker", "--port", str(port)],
-        stderr=stderr,
-        text=True,
-        env=env_with_repo_on_path(),
-    )
-    assert grpc_ready(f"127.0.0.1:{port}"), "fedrun worker did not start"
-    return worker
-
-
-def _stop(worker: subprocess.Popen[str]) -> None:
-    worker.terminate()
-    worker.wait(timeout=10)
 
 
 @pytest.fixture
@@ -96,7 +74,7 @@ def test_connects_to_running_workers_and_leaves_them_running(exposed_workers: Lo
 
 
 def test_unreachable_address_is_named_within_the_timeout() -> None:
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     began = time.monotonic()
 
     with pytest.raises(WorkerStartError, match=f"{address} is unreachable.*UNAVAILABLE"):
@@ -131,7 +109,7 @@ def test_http_server_is_not_an_executor_service() -> None:
 
 def test_all_bad_addresses_are_reported_together(exposed_workers: LocalProcessBackend) -> None:
     good = exposed_workers.workers()[0].target
-    bad = [f"127.0.0.1:{_free_port()}", "unix:/nonexistent/worker.sock"]
+    bad = [f"127.0.0.1:{free_port()}", "unix:/nonexistent/worker.sock"]
 
     with pytest.raises(WorkerStartError) as error:
         _static(good, *bad, ready_timeout_s=1.0).start(3)
@@ -183,7 +161,7 @@ def test_allowed_remote_worker_is_used_with_a_warning_naming_the_risk(
 
 
 def test_fedrun_worker_passes_sigterm_on_and_exits_with_the_workers_status() -> None:
-    worker = _start_fedrun_worker(_free_port(), stderr=subprocess.PIPE)  # a few lines: no pipe stall
+    worker = start_fedrun_worker(free_port(), stderr=subprocess.PIPE)  # a few lines: no pipe stall
     (binary,) = psutil.Process(worker.pid).children()
 
     worker.send_signal(signal.SIGTERM)
@@ -206,12 +184,12 @@ def test_fedrun_worker_rejects_a_port_the_binary_would_wrap() -> None:
 
 
 def test_dead_worker_is_not_alive_and_replace_waits_for_its_return() -> None:
-    port = _free_port()
-    worker = _start_fedrun_worker(port)
+    port = free_port()
+    worker = start_fedrun_worker(port)
     backend = _static(f"127.0.0.1:{port}", ready_timeout_s=1.0, probe_timeout_s=1.0)
     try:
         (started,) = backend.start(1)
-        _stop(worker)
+        stop_fedrun_worker(worker)
 
         began = time.monotonic()
         assert not backend.is_alive("static-0")
@@ -219,19 +197,19 @@ def test_dead_worker_is_not_alive_and_replace_waits_for_its_return() -> None:
         with pytest.raises(WorkerError, match="is unreachable.*restart it there"):
             backend.replace("static-0")
 
-        worker = _start_fedrun_worker(port)  # its operator restarts it at the same address
+        worker = start_fedrun_worker(port)  # its operator restarts it at the same address
         assert backend.replace("static-0") == started
         assert backend.is_alive("static-0")
     finally:
         backend.stop()
-        _stop(worker)
+        stop_fedrun_worker(worker)
 
 
 def test_liveness_checks_leave_the_workers_log_alone(tmp_path: Path) -> None:
     # The dispatcher asks every half second during a round; GetExecutor would log two errors each.
-    port = _free_port()
+    port = free_port()
     with open(tmp_path / "worker.log", "w") as log:
-        worker = _start_fedrun_worker(port, stderr=log)
+        worker = start_fedrun_worker(port, stderr=log)
     backend = _static(f"127.0.0.1:{port}")
     try:
         backend.start(1)
@@ -243,7 +221,7 @@ def test_liveness_checks_leave_the_workers_log_alone(tmp_path: Path) -> None:
         assert (tmp_path / "worker.log").read_text() == before
     finally:
         backend.stop()
-        _stop(worker)
+        stop_fedrun_worker(worker)
 
 
 def test_registry_builds_the_static_backend() -> None:
@@ -282,8 +260,8 @@ def test_probing_workers_does_not_import_tensorflow() -> None:
 
 
 def test_fedrun_run_trains_on_fedrun_workers(tmp_path: Path) -> None:
-    ports = [_free_port(), _free_port()]
-    workers = [_start_fedrun_worker(port) for port in ports]
+    ports = [free_port(), free_port()]
+    workers = [start_fedrun_worker(port) for port in ports]
     try:
         finished = subprocess.run(
             [
@@ -324,7 +302,7 @@ def test_fedrun_run_trains_on_fedrun_workers(tmp_path: Path) -> None:
         assert all(worker.poll() is None for worker in workers)  # fedrun stopped none of them
     finally:
         for worker in workers:
-            _stop(worker)
+            stop_fedrun_worker(worker)
 
 
 def test_the_backend_documents_itself() -> None:

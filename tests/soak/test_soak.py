@@ -15,21 +15,8 @@ from tests.support.processes import assert_gone, descendant_pids, fedrun, start,
 pytestmark = [pytest.mark.soak, pytest.mark.timeout(3600)]
 
 ROUNDS = 200
-RUN = [
-    "--rounds",
-    str(ROUNDS),
-    "--clients-per-round",
-    "8",
-    "--epochs",
-    "1",
-    "--population",
-    "500",
-    "--eval-every",
-    "20",
-    "--eval-clients",
-    "8",
-    "--no-progress",
-]
+RUN = f"--rounds {ROUNDS} --clients-per-round 8 --epochs 1 --population 500 --eval-every 20".split()
+RUN += ["--eval-clients", "8", "--no-progress"]
 
 
 def rounds_done(out) -> int:

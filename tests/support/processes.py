@@ -10,19 +10,7 @@ from pathlib import Path
 import psutil
 
 # A small run for tests that drive `fedrun run` as a user does.
-SMALL = [
-    "--rounds",
-    "2",
-    "--clients-per-round",
-    "8",
-    "--epochs",
-    "1",
-    "--population",
-    "100",
-    "--eval-clients",
-    "4",
-    "--no-progress",
-]
+SMALL = "--rounds 2 --clients-per-round 8 --epochs 1 --population 100 --eval-clients 4 --no-progress".split()
 
 
 def fedrun(*args: str) -> list[str]:
