@@ -69,7 +69,7 @@ class _Fedrun(_TffSystem):
         from fedrun.selection.selector import UniformSelector
 
         cohort = UniformSelector(self.source, self.workload.workload.seed, clients).select(round_num, 0.0)
-        outcome = self.runtime.train(round_num, self.state, self.policy.plan(round_num, cohort).training)
+        outcome = self.runtime.train(round_num, self.state, self.policy.plan(round_num, cohort, 0.0).training)
         self.state = outcome.state
         return {
             **outcome.metrics,

@@ -15,6 +15,8 @@ from fedrun.config.sections import (
     EvalConfig,
     ObserveConfig,
     OutputConfig,
+    PolicyConfig,
+    SystemConfig,
     Workload,
 )
 
@@ -28,6 +30,8 @@ __all__ = [
     "FieldInfo",
     "ObserveConfig",
     "OutputConfig",
+    "PolicyConfig",
+    "SystemConfig",
     "RunConfig",
     "Workload",
     "add_config_flags",

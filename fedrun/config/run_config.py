@@ -13,6 +13,8 @@ from fedrun.config.sections import (
     EvalConfig,
     ObserveConfig,
     OutputConfig,
+    PolicyConfig,
+    SystemConfig,
     Workload,
 )
 from fedrun.errors import FedrunError
@@ -31,6 +33,8 @@ class RunConfig:
     workers: WorkerSettings = WorkerSettings()
     dispatch: DispatchConfig = DispatchConfig()
     ray: RaySettings = RaySettings()
+    system: SystemConfig = SystemConfig()
+    policy: PolicyConfig = PolicyConfig()
     observe: ObserveConfig = ObserveConfig()
     output: OutputConfig = OutputConfig()
 
@@ -38,10 +42,23 @@ class RunConfig:
         for info in FIELDS:
             check_choices(info, self.value(info))
         workload, data = self.workload, self.data
-        if data.source == "synthetic" and workload.clients_per_round > data.population:
+        if data.source == "synthetic" and self.clients_selected > data.population:
             raise ValueError(
                 f"clients_per_round ({workload.clients_per_round}) exceeds the population "
                 f"({data.population}): lower --clients-per-round or raise --population"
+                + (" (or --over-selection)" if self.clients_selected > workload.clients_per_round else "")
+            )
+        if self.policy.any and not self.system.enabled:
+            raise ValueError(
+                "--over-selection, --deadline-s, --dropout and --min-reporting decide on "
+                "simulated client times: choose a --system-model (e.g. lognormal)"
+            )
+        if self.system.speed_data_skew and data.source != "synthetic":
+            raise ValueError("--speed-data-skew shapes the synthetic writers' data: use --data synthetic")
+        if self.policy.min_reporting > workload.clients_per_round:
+            raise ValueError(
+                f"min_reporting ({self.policy.min_reporting}) exceeds clients_per_round "
+                f"({workload.clients_per_round}): no round could ever be kept"
             )
         try:
             backend_options(self.cluster)  # the chosen backend checks its own options
@@ -51,6 +68,11 @@ class RunConfig:
     @property
     def cluster(self) -> ClusterSettings:
         return ClusterSettings(workers=self.workers, ray=self.ray)
+
+    @property
+    def clients_selected(self) -> int:
+        """Clients selected per round: clients_per_round, or more with over-selection."""
+        return self.policy.selected(self.workload.clients_per_round)
 
     @property
     def num_shards(self) -> int:

@@ -7,6 +7,7 @@ Each section checks its own ranges; `RunConfig` checks what spans sections.
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 
 from fedrun.config.fields import option
@@ -205,3 +206,120 @@ class OutputConfig:
 
     def __post_init__(self) -> None:
         _at_least_one(self, "checkpoint_every")
+
+
+SYSTEM_MODELS = ("none", "lognormal", "fedscale", "csv")
+
+
+@dataclasses.dataclass(frozen=True)
+class SystemConfig:
+    """[system]: the simulated devices: their compute, network and availability (a virtual clock)."""
+
+    model: str = option(
+        "none",
+        "how long each client's round takes on its simulated device: none (no "
+        "simulated time), lognormal, fedscale (FedScale's traces), csv (a table of yours)",
+        flag="system-model",
+        choices=SYSTEM_MODELS,
+        decides_result=True,
+    )
+    compute_s_per_example: float = option(
+        0.005, "lognormal: median seconds a device takes per example and epoch", unit="s", decides_result=True
+    )
+    compute_sigma: float = option(
+        0.6,
+        "lognormal: spread (sigma of the log) of seconds per example across devices, FedScale's tail skew",
+        decides_result=True,
+    )
+    bandwidth_kbps: float = option(
+        5000.0, "lognormal: median download and upload bandwidth", unit="kbit/s", decides_result=True
+    )
+    bandwidth_sigma: float = option(
+        0.6, "lognormal: spread (sigma of the log) of bandwidth across devices", decides_result=True
+    )
+    rtt_s: float = option(
+        0.05, "lognormal: round-trip latency added to each transfer", unit="s", decides_result=True
+    )
+    device_trace: str = option(
+        "",
+        "fedscale: FedScale's device-capacity pickle; csv: your table "
+        "(client,compute_s_per_example,bandwidth_kbps[,rtt_s])",
+        unit="path",
+        decides_result=True,
+    )
+    availability_trace: str = option(
+        "",
+        "FedScale's behaviour-trace pickle: clients are selected only while "
+        "active and lost if they go offline before finishing",
+        unit="path",
+        decides_result=True,
+    )
+    speed_data_skew: float = option(
+        0.0,
+        "synthetic data with the lognormal model: tie each writer's digit mix "
+        "to its device speed (0: independent; 1: slow devices write mostly 5-9)",
+        decides_result=True,
+    )
+
+    def __post_init__(self) -> None:
+        _positive(self, "compute_s_per_example", "bandwidth_kbps")
+        _not_negative(self, "compute_sigma", "bandwidth_sigma", "rtt_s")
+        needs_file = self.model in ("fedscale", "csv")
+        if needs_file != bool(self.device_trace):
+            raise ValueError(
+                f"system_model {self.model} {'needs' if needs_file else 'takes no'} --device-trace"
+                + (" (FedScale's device pickle, or your CSV)" if needs_file else "")
+            )
+        if self.model == "none" and (self.availability_trace or self.speed_data_skew):
+            raise ValueError("--availability-trace and --speed-data-skew need a --system-model")
+        if self.speed_data_skew and self.model != "lognormal":
+            raise ValueError(
+                "--speed-data-skew ties data to the lognormal model's speeds: use --system-model lognormal"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.model != "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyConfig:
+    """[policy]: which selected clients count, as production FL decides it (needs a system model)."""
+
+    over_selection: float = option(
+        1.0, "select ceil(F x clients per round) and keep the first to finish", decides_result=True
+    )
+    deadline_s: float = option(
+        0.0,
+        "clients not finished by this simulated time are dropped (0: no deadline)",
+        unit="s",
+        decides_result=True,
+    )
+    dropout: float = option(
+        0.0, "chance that a selected client fails mid-round and never reports", decides_result=True
+    )
+    min_reporting: int = option(
+        0,
+        "a round with fewer reports is abandoned: model unchanged, time spent (0: never)",
+        decides_result=True,
+    )
+
+    def __post_init__(self) -> None:
+        if self.over_selection < 1:
+            raise ValueError(
+                f"over_selection must be at least 1 (1: no over-selection), got {self.over_selection}"
+            )
+        _not_negative(self, "deadline_s", meaning_of_zero="0: no deadline")
+        _not_negative(self, "min_reporting", meaning_of_zero="0: never abandon")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {self.dropout}")
+
+    @property
+    def any(self) -> bool:
+        return (
+            self.over_selection > 1 or bool(self.deadline_s) or bool(self.dropout) or bool(self.min_reporting)
+        )
+
+    def selected(self, clients_per_round: int) -> int:
+        """Clients to select for a round that needs `clients_per_round`."""
+        return math.ceil(self.over_selection * clients_per_round - 1e-9)

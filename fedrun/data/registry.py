@@ -21,6 +21,8 @@ class SourceOptions:
     test_data: str = ""  # separate test examples for an .npz source
     population: int = 3383  # training clients of a generated source (files decide their own)
     heldout: int = 0  # clients that never train, only evaluate
+    speed_data_skew: float = 0.0  # synthetic: writers' digit mix follows device speed (see [system])
+    seed: int = 0  # the run's seed, which device speeds are drawn from
 
 
 SOURCES = {

@@ -22,6 +22,7 @@ no bits (scalars first, then per-example, then per-pixel terms).
 """
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import tensorflow as tf
@@ -48,6 +49,7 @@ _JITTER = np.array([0.1, 0.15, 0.08, 1.5, 1.5, 0.3, 0.1], np.float32)
 _LABEL_SKEW = 0.4  # std of a writer's label logits
 _ALT_PROB = 0.4  # chance that a writer uses the alternative glyph of a digit
 _NOISE = 0.04  # std of additive pixel noise
+_HIGH_DIGITS = np.array([[-1.0] * 5 + [1.0] * 5], np.float32)  # the direction a label bias moves
 
 
 def _arc(cx, cy, rx, ry, start, stop, steps=32):
@@ -162,13 +164,15 @@ def _bilinear(glyph, x, y):
     return top * (1 - fy) + bottom * fy
 
 
-def generate_examples(num_examples, style_seed, example_seed) -> tuple[tf.Tensor, tf.Tensor]:
+def generate_examples(num_examples, style_seed, example_seed, label_bias=None) -> tuple[tf.Tensor, tf.Tensor]:
     """Images float32 [n, 28, 28] in [0, 1] (background 0) and labels int32 [n].
 
     Args are scalar tensors or Python ints: `num_examples` int32, `style_seed` and
     `example_seed` int64. The writer's style depends on `style_seed` only, the
     examples (labels, jitter, noise) on both. Stateless ops only, vectorised over
     examples, so it is identical eagerly and inside tf.function / TFF computations.
+    `label_bias` (a float32 scalar, or None for none at all) shifts the writer's label mix
+    towards digits 5-9 (positive) or 0-4 (negative).
     """
     n = tf.cast(num_examples, tf.int32)
     style_seed = tf.cast(style_seed, tf.int64)
@@ -181,6 +185,8 @@ def generate_examples(num_examples, style_seed, example_seed) -> tuple[tf.Tensor
         _STYLE_LOW + (_STYLE_HIGH - _STYLE_LOW) * u
     )
     label_logits = _LABEL_SKEW * tf.random.stateless_normal([1, NUM_CLASSES], _seed(style_seed, 1))
+    if label_bias is not None:
+        label_logits = label_logits + tf.cast(label_bias, tf.float32) * _HIGH_DIGITS
     alternative = tf.cast(
         tf.random.stateless_uniform([NUM_CLASSES], _seed(style_seed, 2)) < _ALT_PROB, tf.int32
     )
@@ -220,7 +226,10 @@ def generate_examples(num_examples, style_seed, example_seed) -> tuple[tf.Tensor
 class SyntheticDigits(ClientDataSource):
     """The embedded default: `population` training writers plus `heldout` writers that never
     train, each with a train and a test split. A writer is (n, style seed) drawn from
-    (data_seed, client index) in O(1), so nothing is stored per client."""
+    (data_seed, client index) in O(1), so nothing is stored per client.
+
+    `label_bias(client)`, if given, shifts each writer's digit mix (`--speed-data-skew`: slow
+    devices' writers favour 5-9), so the clients a deadline drops hold different data."""
 
     element_spec = (tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE], tf.float32), tf.TensorSpec([], tf.int32))
     num_classes = NUM_CLASSES
@@ -232,8 +241,10 @@ class SyntheticDigits(ClientDataSource):
         data_seed: int = 0,
         median_examples: int = 100,
         test_fraction: float = 0.2,
+        label_bias: Callable[[int], float] | None = None,
     ):
         self._population = population
+        self._label_bias = label_bias
         self.heldout = heldout
         self.data_seed = data_seed
         self.median_examples = median_examples
@@ -259,17 +270,28 @@ class SyntheticDigits(ClientDataSource):
 
     def client_key(self, client: int, split: str) -> str:
         _, style_seed = self._writer(client)
-        return f"{self.num_examples(client, split)}:{style_seed}:{_EXAMPLE_SEEDS[split]}"
+        key = f"{self.num_examples(client, split)}:{style_seed}:{_EXAMPLE_SEEDS[split]}"
+        return key if self._label_bias is None else f"{key}:{self._label_bias(client)!r}"
 
     def client_dataset(self, key: tf.Tensor) -> tf.data.Dataset:
-        n, style_seed, example_seed = tf.unstack(
-            tf.strings.to_number(tf.strings.split(key, ":"), tf.int64), num=3
-        )
-        return tf.data.Dataset.from_tensor_slices(generate_examples(n, style_seed, example_seed))
+        fields = tf.strings.split(key, ":")
+        if self._label_bias is None:
+            n, style_seed, example_seed = tf.unstack(tf.strings.to_number(fields, tf.int64), num=3)
+            return tf.data.Dataset.from_tensor_slices(generate_examples(n, style_seed, example_seed))
+        n, style_seed, example_seed = tf.unstack(tf.strings.to_number(fields[:3], tf.int64), num=3)
+        bias = tf.strings.to_number(fields[3], tf.float32)
+        return tf.data.Dataset.from_tensor_slices(generate_examples(n, style_seed, example_seed, bias))
 
 
 _EXAMPLE_SEEDS = {TRAIN: 0, TEST: 1}
 
 
 def open_synthetic(options: SourceOptions) -> SyntheticDigits:
-    return SyntheticDigits(population=options.population, heldout=options.heldout)
+    bias = None
+    if options.speed_data_skew:
+        from fedrun.system.models import speed_latent
+
+        def bias(client: int) -> float:  # the lognormal model's compute latent: slower -> higher digits
+            return options.speed_data_skew * speed_latent(options.seed, client, "compute")
+
+    return SyntheticDigits(population=options.population, heldout=options.heldout, label_bias=bias)

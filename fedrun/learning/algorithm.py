@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import tensorflow_federated as tff
 
 from fedrun.config import RunConfig
@@ -30,6 +31,12 @@ class FederatedAlgorithm:
     eval_form: tff.framework.MergeableCompForm
     train_data: Callable[[list[str]], list]  # a cohort's training keys -> the client data a round sends
     eval_data: Callable[[list[str]], list]  # a cohort's test keys -> the client data evaluation sends
+
+    @property
+    def model_bytes(self) -> int:
+        """The trainable weights' serialized size: what a client downloads and uploads each round."""
+        weights = self.training.initialize.type_signature.result.member.global_model_weights.trainable
+        return sum(np.dtype(w.dtype).itemsize * int(np.prod(w.shape)) for w in weights)
 
 
 def build_algorithm(

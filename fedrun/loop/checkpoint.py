@@ -1,7 +1,8 @@
 """Durable round checkpoints: the whole server state (model and optimizer), written atomically.
 
 Sampling and shuffling are pure functions of (seed, round), so the round number is all the
-sampler state there is: resuming from round r replays rounds r+1.. exactly.
+sampler state there is: resuming from round r replays rounds r+1.. exactly. A run with a system
+model also keeps its virtual clock here (participation is rebuilt from clients.jsonl).
 """
 
 import io
@@ -23,12 +24,13 @@ CHECKPOINT = "checkpoint.npz"
 class Checkpoint:
     round: int  # last completed round
     state: Any  # the learning process's server state
+    clock_s: float = 0.0  # the virtual clock after that round (0 without a system model)
 
 
-def save_checkpoint(run_path: Path, round_num: int, state: Any) -> None:
+def save_checkpoint(run_path: Path, round_num: int, state: Any, clock_s: float = 0.0) -> None:
     """Atomic and durable: a crash leaves the old checkpoint or the new one."""
     leaves = {f"leaf_{i}": np.asarray(v) for i, v in enumerate(tree.flatten(state))}
-    meta = json.dumps({"round": round_num, "sampler": "stateless: (seed, round)"})
+    meta = json.dumps({"round": round_num, "clock_s": clock_s, "sampler": "stateless: (seed, round)"})
     buffer = io.BytesIO()
     np.savez(buffer, __meta__=np.frombuffer(meta.encode(), dtype=np.uint8), **leaves)
     write_bytes_atomically(run_path / CHECKPOINT, buffer.getvalue())
@@ -55,4 +57,8 @@ def load_checkpoint(run_path: Path, template: Any) -> Checkpoint:
             f"resume with the configuration it was written with"
         )
     leaves = [leaf.astype(np.asarray(t).dtype)[()] for leaf, t in zip(leaves, expected)]
-    return Checkpoint(round=int(meta["round"]), state=tree.unflatten_as(template, leaves))
+    return Checkpoint(
+        round=int(meta["round"]),
+        state=tree.unflatten_as(template, leaves),
+        clock_s=float(meta.get("clock_s", 0.0)),
+    )

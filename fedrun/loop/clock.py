@@ -1,5 +1,7 @@
-"""The run's clock, which the select step asks for "now": wall time for a run without a system
-model (a virtual clock, advanced by each round's simulated time, comes with one)."""
+"""The run's clocks. Wall time measures the simulator itself; with a system model, a virtual
+clock is the time of the simulated federation: it advances by each round's simulated time,
+selection asks it which devices are online, and checkpoints keep it so a resumed run goes on
+from the same moment."""
 
 import time
 
@@ -16,3 +18,19 @@ class WallClock:
     def since_start(self, monotonic: float) -> float:
         """A `time.monotonic()` reading as seconds since the start."""
         return monotonic - self._started
+
+    def advance(self, seconds: float) -> None:
+        """Wall time advances by itself."""
+
+
+class VirtualClock:
+    """Simulated seconds since the run began, across resumes."""
+
+    def __init__(self, start_s: float = 0.0) -> None:
+        self._now = start_s
+
+    def now(self) -> float:
+        return self._now
+
+    def advance(self, seconds: float) -> None:
+        self._now += seconds

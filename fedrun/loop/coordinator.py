@@ -1,9 +1,10 @@
 """The round loop: select, plan, execute, evaluate, commit. Each step is an object the loop calls;
-the coordinator owns the server state and the run's records."""
+the coordinator owns the server state, the clocks and the run's records."""
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -14,11 +15,11 @@ from fedrun.errors import FedrunError
 from fedrun.loop.checkpoint import load_checkpoint, save_checkpoint
 from fedrun.loop.clock import WallClock
 from fedrun.loop.evaluation import Evaluator
-from fedrun.loop.records import RoundRecord, ShardRecord
+from fedrun.loop.records import RoundRecord, ShardRecord, percentiles
 from fedrun.loop.run_dir import RunDirectory
+from fedrun.loop.steps import RoundSteps, round_steps
 from fedrun.runtime.execution import EvalOutcome, RoundRuntime, ShardRun, TrainOutcome
-from fedrun.selection.policy import RoundPlan, RoundPolicy, WaitForAll
-from fedrun.selection.selector import UniformSelector
+from fedrun.selection.policy import DROP_REASONS, RoundPlan
 
 if TYPE_CHECKING:
     from fedrun.data.source import ClientDataSource
@@ -34,18 +35,18 @@ class Coordinator:
         runtime: RoundRuntime,
         run_dir: RunDirectory,
         on_round: Callable[[RoundRecord], None] = lambda record: None,
-        policy: RoundPolicy | None = None,
+        steps: RoundSteps | None = None,
     ):
-        workload = config.workload
         self.config = config
         self.source = source
         self.runtime = runtime
         self.run_dir = run_dir
         self.on_round = on_round
-        self.selector = UniformSelector(source, workload.seed, workload.clients_per_round)
-        self.policy = policy or WaitForAll()
-        self.evaluator = Evaluator(runtime, source, config.eval, workload.seed)
-        self.clock = WallClock()
+        steps = steps or round_steps(config, source, runtime.algorithm.model_bytes)
+        self.steps = steps
+        self.selector, self.policy, self.clock = steps.selector, steps.policy, steps.clock
+        self.evaluator = Evaluator(runtime, source, config.eval, config.workload.seed, steps.speed_groups)
+        self.wall = WallClock()
         self.state: Any = None
 
     def run(self, resume: bool = False) -> Any:
@@ -53,7 +54,7 @@ class Coordinator:
         server state."""
         for round_num in self._rounds_to_run(resume):
             cohort = self.selector.select(round_num, self.clock.now())
-            plan = self.policy.plan(round_num, cohort)
+            plan = self.policy.plan(round_num, cohort, self.clock.now())
             outcome = self.runtime.train(round_num, self.state, plan.training)
             evaluation = self.evaluator.evaluate(round_num, outcome.state, plan.cohort)
             self.commit(round_num, plan, outcome, evaluation)
@@ -65,12 +66,18 @@ class Coordinator:
         self, round_num: int, plan: RoundPlan, outcome: TrainOutcome, evaluation: EvalOutcome | None
     ) -> RoundRecord:
         """Records a finished round (durably), checkpoints it when due, and takes its state."""
+        if plan.simulated is not None:
+            self.clock.advance(plan.simulated.round_s)
         record = self._record(round_num, plan, outcome, evaluation)
         self._check_finite(record, outcome.state)
+        if plan.simulated is not None:
+            self.run_dir.clients.append_all(self._client_lines(round_num, plan))
         self.run_dir.rounds.append(record)
         every, last = self.config.output.checkpoint_every, self.config.workload.rounds
         if round_num % every == 0 or round_num == last:
-            save_checkpoint(self.run_dir.path, round_num, outcome.state)
+            save_checkpoint(
+                self.run_dir.path, round_num, outcome.state, self.clock.now() if plan.simulated else 0.0
+            )
         self.state = outcome.state
         self.on_round(record)
         return record
@@ -81,23 +88,31 @@ class Coordinator:
         if resume:
             checkpoint = load_checkpoint(self.run_dir.path, self.state)
             self.run_dir.rounds.keep_up_to(checkpoint.round)
+            self.run_dir.clients.keep_up_to(checkpoint.round)
             self.state, done = checkpoint.state, checkpoint.round
+            self.clock.advance(checkpoint.clock_s)
+            if self.steps.participation is not None:
+                counted = [line for line in self.run_dir.clients.read_raw() if line["outcome"] == "counted"]
+                self.steps.participation.add(
+                    [line["index"] for line in counted], [line["total_s"] for line in counted]
+                )
         return range(done + 1, self.config.workload.rounds + 1)
 
     def _record(
         self, round_num: int, plan: RoundPlan, outcome: TrainOutcome, evaluation: EvalOutcome | None
     ) -> RoundRecord:
         training = plan.training
-        trained = outcome.metrics["num_examples"]
+        trained = outcome.metrics.get("num_examples", 0)
+        wall_s = max(outcome.wall_s, 1e-9)
         return RoundRecord(
             round=round_num,
             latency_s=outcome.wall_s,
-            start=self.clock.since_start(outcome.start),
+            start=self.wall.since_start(outcome.start),
             clients=len(training.clients),
             examples=int(sum(training.sizes)),
             examples_trained=trained,
-            clients_per_s=len(training.clients) / outcome.wall_s,
-            examples_per_s=trained / outcome.wall_s,
+            clients_per_s=len(training.clients) / wall_s,
+            examples_per_s=trained / wall_s,
             shards=[self._shard_record(run, plan) for run in outcome.shards],
             bytes_to_workers=outcome.traffic.sent,
             bytes_from_workers=outcome.traffic.received,
@@ -107,7 +122,53 @@ class Coordinator:
             train=outcome.metrics,
             eval=evaluation.metrics if evaluation else {},
             eval_latency_s=evaluation.wall_s if evaluation else 0.0,
+            wall=percentiles([run.timing.end - run.timing.start for run in outcome.shards]),
+            sim=self._simulated(plan),
         )
+
+    def _simulated(self, plan: RoundPlan) -> dict[str, Any] | None:
+        simulated = plan.simulated
+        if simulated is None:
+            return None
+        counted = plan.counted if not simulated.abandoned else ()
+        dropped = Counter(reason for reason in simulated.reasons if reason)
+        if self.steps.participation is not None:
+            self.steps.participation.add(
+                plan.cohort.clients[list(counted)], [simulated.times[p].total_s for p in counted]
+            )
+        return {
+            "round_s": simulated.round_s,
+            "clock_s": self.clock.now(),
+            "selected": len(simulated.times),
+            "reported": sum(reason is None for reason in simulated.reasons),
+            "dropped": {reason: dropped[reason] for reason in DROP_REASONS},
+            "abandoned": simulated.abandoned,
+            "client_s": percentiles([time.total_s for time in simulated.times]),
+            "participation": self.steps.participation.summary() if self.steps.participation else {},
+        }
+
+    def _client_lines(self, round_num: int, plan: RoundPlan) -> list[dict[str, Any]]:
+        simulated = plan.simulated
+        counted = set(plan.counted)
+        lines = []
+        for position, (client, time, reason) in enumerate(
+            zip(plan.cohort.clients, simulated.times, simulated.reasons)
+        ):
+            outcome = "counted" if position in counted else "dropped" if reason else "discarded"
+            lines.append(
+                {
+                    "round": round_num,
+                    "client": self.source.client_name(int(client)),
+                    "index": int(client),
+                    "download_s": time.download_s,
+                    "compute_s": time.compute_s,
+                    "upload_s": time.upload_s,
+                    "total_s": time.total_s,
+                    "outcome": outcome,
+                    "reason": reason or ("abandoned" if simulated.abandoned else None),
+                }
+            )
+        return lines
 
     def _shard_record(self, run: ShardRun, plan: RoundPlan) -> ShardRecord:
         training = plan.training
@@ -116,8 +177,8 @@ class Coordinator:
             worker=run.timing.worker,
             clients=[self.source.client_name(int(training.clients[p])) for p in run.shard.positions],
             examples=int(sum(training.sizes[p] for p in run.shard.positions)),
-            start=self.clock.since_start(run.timing.start),
-            end=self.clock.since_start(run.timing.end),
+            start=self.wall.since_start(run.timing.start),
+            end=self.wall.since_start(run.timing.end),
         )
 
     def _check_finite(self, record: RoundRecord, state: Any) -> None:
@@ -126,10 +187,11 @@ class Coordinator:
         problems = []
         if not all(np.all(np.isfinite(w)) for w in state.global_model_weights.trainable):
             problems.append("the model weights are not finite")
-        if not np.isfinite(record.train["loss"]):
-            problems.append(f"the training loss is {record.train['loss']}")
-        if record.examples_trained == 0:
-            problems.append("every client's update was not finite, so FedAvg discarded them all")
+        if record.train:  # an abandoned round trains no one
+            if not np.isfinite(record.train["loss"]):
+                problems.append(f"the training loss is {record.train['loss']}")
+            if record.examples_trained == 0:
+                problems.append("every client's update was not finite, so FedAvg discarded them all")
         problems += [
             f"the {name} evaluation loss is {m['loss']}"
             for name, m in record.eval.items()

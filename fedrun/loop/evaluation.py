@@ -1,5 +1,6 @@
 """The evaluate step of a round: federated evaluation of the new model, when due, on the groups
-`--eval-on` names (the round's clients, the held-out clients, a fixed sample)."""
+`--eval-on` names (the round's clients, the held-out clients, a fixed sample) and, with a
+system model, that fixed sample by device speed quartile."""
 
 from __future__ import annotations
 
@@ -14,11 +15,19 @@ if TYPE_CHECKING:
 
 
 class Evaluator:
-    def __init__(self, runtime: RoundRuntime, source: ClientDataSource, config: EvalConfig, seed: int):
+    def __init__(
+        self,
+        runtime: RoundRuntime,
+        source: ClientDataSource,
+        config: EvalConfig,
+        seed: int,
+        extra_groups: dict[str, Cohort] | None = None,
+    ):
         self._runtime = runtime
         self._source = source
         self._config = config
         self._seed = seed
+        self._extra_groups = extra_groups or {}  # evaluated every time too (speed quartiles)
 
     def evaluate(self, round_num: int, state: Any, round_cohort: Cohort) -> EvalOutcome | None:
         """None in a round that is not evaluated."""
@@ -28,4 +37,4 @@ class Evaluator:
         groups = evaluation_groups(
             self._source, self._config.on, self._seed, self._config.clients, round_cohort.clients
         )
-        return self._runtime.evaluate(state, groups)
+        return self._runtime.evaluate(state, {**groups, **self._extra_groups})

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,10 @@ class RoundRecord:
     eval: dict[str, dict[str, float]] = field(default_factory=dict)
     eval_latency_s: float = 0.0
     recycled: list[str] = field(default_factory=list)  # workers made fresh before the round
+    wall: dict[str, float] = field(default_factory=dict)  # shard wall times: p50, p95, p99, max
+    # With a system model: the round on the virtual clock (round_s, clock_s, selected, reported,
+    # dropped by reason, abandoned, client_s percentiles, participation so far).
+    sim: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,3 +50,11 @@ class RoundRecord:
     def from_json(cls, raw: dict[str, Any]) -> RoundRecord:
         """Raises TypeError or KeyError for an object that is not a round record of this version."""
         return cls(**{**raw, "shards": [ShardRecord(**s) for s in raw["shards"]]})
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float]:
+    """p50, p95, p99 and max of durations (all 0 for none), as the records hold them."""
+    if not len(values):
+        return {"p50": 0.0, "p95": 0.0, "p99": 0.0, "max": 0.0}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": float(p50), "p95": float(p95), "p99": float(p99), "max": float(np.max(values))}

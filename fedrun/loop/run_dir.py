@@ -7,8 +7,9 @@ import io
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,42 +21,50 @@ from fedrun.loop.records import RoundRecord
 
 _LOG = logging.getLogger(__name__)
 ROUNDS = "rounds.jsonl"
+CLIENTS = "clients.jsonl"
 CONFIG = "config.toml"
 WEIGHTS = "model_weights.npz"
 
 
-class RoundsFile:
-    """rounds.jsonl: one JSON round record per line, appended durably as each round ends."""
+class JsonLines:
+    """A file of one JSON object per line, each with a "round", appended durably round by round."""
+
+    kind = "record"  # what a line holds, for error messages
 
     def __init__(self, path: Path):
         self.path = path
 
-    def append(self, record: RoundRecord) -> None:
-        line = json.dumps(record.to_json(), separators=(",", ":")) + "\n"
+    def append_all(self, objects: Iterable[dict[str, Any]]) -> None:
+        """One write and one fsync for a round's lines."""
+        text = "".join(json.dumps(o, separators=(",", ":")) + "\n" for o in objects)
         with open(self.path, "a") as f:
-            f.write(line)
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
 
-    def read(self, on_torn: Callable[[int], None] | None = None) -> list[RoundRecord]:
-        """The records, in file order. A line torn by a crash or still being written (the last
-        one) goes to `on_torn(line number)` and is skipped; without `on_torn`, and for any other
-        damaged line, a FedrunError names it."""
-        return [record for _, record in self._lines(on_torn)]
-
     def keep_up_to(self, last_round: int) -> None:
-        """On resume: keep the records of checkpointed rounds, drop later ones (they run again)
-        and a line torn by a crash, which is reported, never silently kept."""
+        """On resume: keep the lines of checkpointed rounds, drop later ones (they run again) and
+        a line torn by a crash, which is reported, never silently kept."""
+        if not self.path.exists():
+            return
 
         def torn(number: int) -> None:
             _LOG.warning(
                 "%s line %d is torn (the run was killed while writing it); dropped", self.path, number
             )
 
-        kept = [line for line, record in self._lines(torn) if record.round <= last_round]
+        kept = [line for line, raw in self._lines(torn, parse=False) if raw["round"] <= last_round]
         write_bytes_atomically(self.path, "".join(kept).encode())
 
-    def _lines(self, on_torn: Callable[[int], None] | None) -> list[tuple[str, RoundRecord]]:
+    def read_raw(self, on_torn: Callable[[int], None] | None = None) -> list[dict[str, Any]]:
+        return [raw for _, raw in self._lines(on_torn)]
+
+    def _parse(self, raw: dict[str, Any]) -> Any:
+        return raw
+
+    def _lines(self, on_torn: Callable[[int], None] | None, parse: bool = True) -> list[tuple[str, Any]]:
+        """(line, parsed) pairs. A damaged line goes to `on_torn(line number)` if it is the last
+        (torn by a crash, or still being written); otherwise a FedrunError names it."""
         try:
             lines = self.path.read_text().splitlines(keepends=True)
         except FileNotFoundError:
@@ -69,15 +78,32 @@ class RoundsFile:
             try:
                 if not line.endswith("\n"):
                     raise ValueError("no line end")
-                parsed.append((line, RoundRecord.from_json(json.loads(line))))
+                raw = json.loads(line)
+                parsed.append((line, self._parse(raw) if parse else raw))
             except (ValueError, TypeError, KeyError) as e:
                 if on_torn is None or number < len(lines):
                     raise FedrunError(
-                        f"{self.path} line {number} is not a round record of this fedrun "
-                        f"version ({e}): the file is damaged or from an older fedrun"
+                        f"{self.path} line {number} is not a {self.kind} of this fedrun version ({e}): "
+                        f"the file is damaged or from an older fedrun"
                     ) from None
                 on_torn(number)
         return parsed
+
+
+class RoundsFile(JsonLines):
+    """rounds.jsonl: one round record per line, appended as each round ends."""
+
+    kind = "round record"
+
+    def append(self, record: RoundRecord) -> None:
+        self.append_all([record.to_json()])
+
+    def read(self, on_torn: Callable[[int], None] | None = None) -> list[RoundRecord]:
+        """The records, in file order (see `_lines` for damaged lines)."""
+        return [record for _, record in self._lines(on_torn)]
+
+    def _parse(self, raw: dict[str, Any]) -> RoundRecord:
+        return RoundRecord.from_json(raw)
 
 
 class RunDirectory:
@@ -86,6 +112,7 @@ class RunDirectory:
     def __init__(self, path: Path):
         self.path = path
         self.rounds = RoundsFile(path / ROUNDS)
+        self.clients = JsonLines(path / CLIENTS)  # with a system model: each selected client's round
         self.weights_file = path / WEIGHTS
 
     def create(self) -> None:
@@ -107,7 +134,7 @@ class RunDirectory:
     def start_fresh(self) -> None:
         """A new run in this directory: an empty rounds.jsonl, and no checkpoint or weights of
         an earlier run that could be mistaken for this one's (resuming appends instead)."""
-        for stale in (self.path / CHECKPOINT, self.weights_file):
+        for stale in (self.path / CHECKPOINT, self.weights_file, self.clients.path):
             stale.unlink(missing_ok=True)
         self.rounds.path.write_text("")
 

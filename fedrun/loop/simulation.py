@@ -32,12 +32,16 @@ def open_source(config: RunConfig) -> ClientDataSource:
             test_data=data.test_data,
             population=data.population,
             heldout=config.eval.clients,
+            speed_data_skew=config.system.speed_data_skew,
+            seed=config.workload.seed,
         )
     )
-    if workload.clients_per_round > source.population:
+    if config.clients_selected > source.population:
         raise FedrunError(
-            f"--data {data.source} has {source.population} training clients, fewer than "
-            f"--clients-per-round {workload.clients_per_round}: lower it (or --eval-clients)"
+            f"--data {data.source} has {source.population} training clients, fewer than the "
+            f"{config.clients_selected} a round selects (--clients-per-round {workload.clients_per_round}"
+            f"{', --over-selection' if config.clients_selected > workload.clients_per_round else ''}): "
+            f"lower it (or --eval-clients)"
         )
     return source
 

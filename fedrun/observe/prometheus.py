@@ -19,6 +19,7 @@ from cluster import Worker
 from fedrun.config import RunConfig
 from fedrun.errors import FedrunError
 from fedrun.loop.records import RoundRecord
+from fedrun.selection.policy import DROP_REASONS
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ DURATION_BUCKETS = (
     1800,
     float("inf"),
 )
+# Simulated rounds of devices: from a second to a day.
+SIMULATED_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400, float("inf"))
 PUSH_TIMEOUT_S = 5.0  # a push happens in the round loop: a dead gateway must not stall it for long
 
 
@@ -138,6 +141,29 @@ class PrometheusMetrics:
         self.round = gauge(
             "fedrun_round", "Number of the last completed training round (0 before the first)."
         )
+        # The simulated federation (--system-model): its virtual clock, rounds and devices.
+        self.sim_clock = gauge(
+            "fedrun_simulated_clock_seconds",
+            "Virtual clock of the simulated federation after the last round.",
+        )
+        self.sim_round_duration = Histogram(
+            "fedrun_simulated_round_duration_seconds",
+            "Simulated time of a round on the virtual clock, selection to close.",
+            buckets=SIMULATED_BUCKETS,
+            registry=registry,
+        )
+        self.dropped = counter(
+            "fedrun_clients_dropped_total",
+            "Selected clients whose update did not count, by reason.",
+            ("reason",),
+        )
+        self.abandoned = counter("fedrun_rounds_abandoned_total", "Rounds abandoned for too few reports.")
+        self.never_participated = gauge(
+            "fedrun_clients_never_participated_ratio",
+            "Fraction of the population whose update has never counted so far.",
+        )
+        for reason in DROP_REASONS:
+            self.dropped.labels(reason)
         self.rounds_planned = gauge("fedrun_rounds_planned", "Training rounds the run is configured for.")
         self.workers_alive = gauge("fedrun_workers_alive", "Workers in the pool, as of the last round's end.")
         self.train_loss = gauge("fedrun_train_loss", "Mean client loss during local training, last round.")
@@ -181,8 +207,11 @@ class PrometheusMetrics:
             self.examples.inc(record.examples_trained)
             self.bytes_sent.inc(record.bytes_to_workers)
             self.bytes_received.inc(record.bytes_from_workers)
-            self.train_loss.set(record.train["loss"])
-            self.train_accuracy.set(record.train["accuracy"])
+            if record.train:  # an abandoned round trains no one
+                self.train_loss.set(record.train["loss"])
+                self.train_accuracy.set(record.train["accuracy"])
+            if record.sim is not None:
+                self._observe_simulated(record.sim)
             for group, metrics in record.eval.items():
                 self.eval_loss.labels(group).set(metrics["loss"])
                 self.eval_accuracy.labels(group).set(metrics["accuracy"])
@@ -193,6 +222,16 @@ class PrometheusMetrics:
             self.recycles.inc(len(record.recycled))
             self.round.set(record.round)
         self._push()
+
+    def _observe_simulated(self, sim: dict) -> None:
+        self.sim_clock.set(sim["clock_s"])
+        self.sim_round_duration.observe(sim["round_s"])
+        for reason, count in sim["dropped"].items():
+            self.dropped.labels(reason).inc(count)
+        if sim["abandoned"]:
+            self.abandoned.inc()
+        if sim["participation"]:
+            self.never_participated.set(sim["participation"]["never_fraction"])
 
     def on_end(self) -> None:
         self._push()

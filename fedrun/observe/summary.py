@@ -15,10 +15,15 @@ _CONFIG_ROWS = ("backend", "workers", "clients-per-round", "epochs", "model", "d
 
 
 def round_line(record: RoundRecord) -> str:
-    line = (
-        f"round {record.round:4d}  loss {record.train['loss']:.4f}  acc {record.train['accuracy']:.4f}"
-        f"  latency {record.latency_s:6.2f}s  {record.examples_per_s:8.0f} examples/s"
-    )
+    if record.train:
+        trained = f"loss {record.train['loss']:.4f}  acc {record.train['accuracy']:.4f}"
+    else:
+        trained = "abandoned (too few reports)"
+    line = f"round {record.round:4d}  {trained}  latency {record.latency_s:6.2f}s"
+    line += f"  {record.examples_per_s:8.0f} examples/s"
+    if record.sim is not None:
+        sim = record.sim
+        line += f"  sim {sim['round_s']:7.1f}s ({sim['reported']}/{sim['selected']} reported)"
     if record.eval:
         line += "".join(f"  eval[{name}] acc {m['accuracy']:.4f}" for name, m in record.eval.items())
     return line
@@ -42,7 +47,7 @@ def running_time(records: Sequence[RoundRecord]) -> list[float]:
 
 def summary_rows(records: Sequence[RoundRecord], config: RunConfig | None) -> list[tuple[str, str]]:
     """The key numbers of a run, as (what, value) rows."""
-    last = records[-1]
+    last = next((r for r in reversed(records) if r.train), records[-1])
     pct = latency_percentiles(records)
     latencies = [r.latency_s for r in records]
     planned = f" of {config.workload.rounds} planned" if config else ""
@@ -60,11 +65,15 @@ def summary_rows(records: Sequence[RoundRecord], config: RunConfig | None) -> li
             f"{sum(r.bytes_to_workers for r in records)} / {sum(r.bytes_from_workers for r in records)}",
         ),
         ("worker failures (their shards ran again)", f"{sum(len(r.failures) for r in records)}"),
-        (
-            f"train loss / accuracy (round {last.round})",
-            f"{last.train['loss']:.4f} / {last.train['accuracy']:.4f}",
-        ),
     ]
+    if last.train:
+        rows.append(
+            (
+                f"train loss / accuracy (round {last.round})",
+                f"{last.train['loss']:.4f} / {last.train['accuracy']:.4f}",
+            )
+        )
+    rows += simulated_rows(records)
     evaluated = [r for r in records if r.eval]
     if evaluated:
         for group, metrics in evaluated[-1].eval.items():
@@ -82,6 +91,41 @@ def summary_rows(records: Sequence[RoundRecord], config: RunConfig | None) -> li
     if config:
         rows += [
             (f"config {flag.replace('-', '_')}", f"{config.value(BY_FLAG[flag])}") for flag in _CONFIG_ROWS
+        ]
+    return rows
+
+
+def simulated_rows(records: Sequence[RoundRecord]) -> list[tuple[str, str]]:
+    """With a system model: the run on the virtual clock."""
+    simulated = [r.sim for r in records if r.sim is not None]
+    if not simulated:
+        return []
+    round_s = [sim["round_s"] for sim in simulated]
+    dropped = {
+        reason: sum(sim["dropped"][reason] for sim in simulated) for reason in simulated[-1]["dropped"]
+    }
+    participation = simulated[-1]["participation"]
+    rows = [
+        ("simulated time at the end of the last round", f"{simulated[-1]['clock_s']:.1f} s"),
+        (
+            "simulated round time p50 / p95 / p99",
+            " / ".join(f"{np.percentile(round_s, q):.1f}" for q in PERCENTILES) + " s",
+        ),
+        (
+            "clients reported / selected, all rounds",
+            f"{sum(sim['reported'] for sim in simulated)} / {sum(sim['selected'] for sim in simulated)}",
+        ),
+        ("clients dropped, by reason", ", ".join(f"{reason} {count}" for reason, count in dropped.items())),
+        ("rounds abandoned", f"{sum(sim['abandoned'] for sim in simulated)}"),
+    ]
+    if participation:
+        rows += [
+            ("population that never contributed", f"{participation['never_fraction']:.1%}"),
+            (
+                "share of updates: fastest / slowest device quartile",
+                f"{participation['fastest_quartile_share']:.1%} / "
+                f"{participation['slowest_quartile_share']:.1%}",
+            ),
         ]
     return rows
 

@@ -16,7 +16,6 @@ from fedrun.loop.records import RoundRecord
 def round_scalars(record: RoundRecord) -> dict[str, dict[str, float]]:
     """The scalars of one round, by TensorBoard run, then tag."""
     runs = {
-        "train": {"model/loss": record.train["loss"], "model/accuracy": record.train["accuracy"]},
         "round": {
             "time/latency_seconds": record.latency_s,
             "throughput/examples_per_second": record.examples_per_s,
@@ -25,8 +24,23 @@ def round_scalars(record: RoundRecord) -> dict[str, dict[str, float]]:
             "traffic/bytes_from_workers": record.bytes_from_workers,
         },
     }
+    if record.train:  # an abandoned round trains no one
+        runs["train"] = {"model/loss": record.train["loss"], "model/accuracy": record.train["accuracy"]}
     if record.eval:
         runs["round"]["time/eval_latency_seconds"] = record.eval_latency_s
+    if record.sim is not None:
+        sim = record.sim
+        runs["round"].update(
+            {
+                "simulated/round_seconds": sim["round_s"],
+                "simulated/clock_seconds": sim["clock_s"],
+                "simulated/client_seconds_p50": sim["client_s"]["p50"],
+                "simulated/client_seconds_p95": sim["client_s"]["p95"],
+                "simulated/client_seconds_p99": sim["client_s"]["p99"],
+                "simulated/reported": sim["reported"],
+                **{f"simulated/dropped_{reason}": count for reason, count in sim["dropped"].items()},
+            }
+        )
     for group, metrics in record.eval.items():
         runs[f"eval_{group}"] = {"model/loss": metrics["loss"], "model/accuracy": metrics["accuracy"]}
     return runs
@@ -45,11 +59,21 @@ class TensorBoardLog:
 
     def on_round(self, record: RoundRecord) -> None:
         for run, scalars in round_scalars(record).items():
-            writer = self._writer(run)
-            with writer.as_default(step=record.round):
-                for tag, value in scalars.items():
-                    tf.summary.scalar(tag, value)
-            writer.flush()
+            self._write(run, record.round, scalars)
+        if record.sim is not None:  # accuracy against the simulated clock: step = simulated seconds
+            for group, metrics in record.eval.items():
+                self._write(
+                    f"by_simulated_time/eval_{group}",
+                    round(record.sim["clock_s"]),
+                    {"model/accuracy": metrics["accuracy"]},
+                )
+
+    def _write(self, run: str, step: int, scalars: dict[str, float]) -> None:
+        writer = self._writer(run)
+        with writer.as_default(step=step):
+            for tag, value in scalars.items():
+                tf.summary.scalar(tag, value)
+        writer.flush()
 
     def on_end(self) -> None:
         for writer in self._writers.values():

@@ -10,11 +10,17 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
 from fedrun.loop.records import RoundRecord, ShardRecord
-from fedrun.observe.summary import latency_percentiles, running_time
+from fedrun.observe.summary import PERCENTILES, latency_percentiles, running_time
 
 _PERCENTILE_COLORS = {50: "tab:green", 95: "tab:orange", 99: "tab:red"}
 _TRAIN_LABEL = "train (clients, during local training)"
 _EVAL_LABELS = {"round_clients": "eval: the round's clients", "heldout": "eval: held-out clients"}
+_SPEED_LABELS = {
+    "speed_q1": "fastest quarter of devices",
+    "speed_q2": "second quarter",
+    "speed_q3": "third quarter",
+    "speed_q4": "slowest quarter",
+}
 
 
 def worker_timeline(record: RoundRecord) -> dict[str, list[tuple[float, float, ShardRecord]]]:
@@ -39,12 +45,14 @@ def learning_curves(records: Sequence[RoundRecord], metric: str, ylabel: str) ->
     figure, (by_round, by_time) = _figure(columns=2)
     figure.suptitle(f"{metric.capitalize()} during training and on evaluation")
     times = dict(zip((r.round for r in records), running_time(records)))
-    series = {_TRAIN_LABEL: [(r.round, r.train[metric]) for r in records]}
-    for group in dict.fromkeys(g for r in records for g in r.eval):
+    series = {_TRAIN_LABEL: [(r.round, r.train[metric]) for r in records if r.train]}
+    for group in dict.fromkeys(g for r in records for g in r.eval if not g.startswith("speed_")):
         series[_EVAL_LABELS.get(group, f"eval: {group}")] = [
             (r.round, r.eval[group][metric]) for r in records if group in r.eval
         ]
     for label, points in series.items():
+        if not points:
+            continue
         rounds, values = zip(*points)
         marker = "." if len(points) <= 60 else None  # dots help a short run, clutter a long one
         by_round.plot(rounds, values, marker=marker, label=label)
@@ -149,4 +157,95 @@ def gantt(record: RoundRecord, workers: list[str]) -> Figure:
         loc="upper left",
         bbox_to_anchor=(1.0, 1.0),
     )
+    return figure
+
+
+# --- the simulated federation (runs with a system model) ----------------------------------------
+
+
+def _simulated(records: Sequence[RoundRecord]) -> list[RoundRecord]:
+    return [r for r in records if r.sim is not None]
+
+
+def accuracy_by_simulated_time(records: Sequence[RoundRecord]) -> Figure:
+    """Evaluation accuracy against the virtual clock: left every group, right the fixed sample by
+    device speed quartile (what a deadline costs the slow devices)."""
+    figure, (groups, quartiles) = _figure(columns=2)
+    figure.suptitle("Accuracy against simulated time")
+    evaluated = [r for r in _simulated(records) if r.eval]
+    names = list(dict.fromkeys(g for r in evaluated for g in r.eval))
+    for name in names:
+        points = [(r.sim["clock_s"] / 60, r.eval[name]["accuracy"]) for r in evaluated if name in r.eval]
+        ax = quartiles if name.startswith("speed_") else groups
+        label = _SPEED_LABELS.get(name) or _EVAL_LABELS.get(name, f"eval: {name}")
+        ax.plot(*zip(*points), marker="." if len(points) <= 60 else None, label=label)
+    for ax, title in ((groups, "evaluation groups"), (quartiles, "fixed sample by device speed")):
+        ax.set(xlabel="simulated time (min)", ylabel="accuracy", title=title)
+        if ax.lines:
+            ax.legend()
+    return figure
+
+
+def simulated_round_times(records: Sequence[RoundRecord]) -> Figure:
+    figure, (ax,) = _figure()
+    simulated = _simulated(records)
+    rounds = [r.round for r in simulated]
+    ax.plot(rounds, [r.sim["round_s"] for r in simulated], color="black", linewidth=2, label="round (close)")
+    for q in PERCENTILES:
+        ax.plot(
+            rounds,
+            [r.sim["client_s"][f"p{q}"] for r in simulated],
+            color=_PERCENTILE_COLORS[q],
+            linestyle="--",
+            label=f"selected clients p{q}",
+        )
+    ax.set(
+        xlabel="round",
+        ylabel="simulated seconds",
+        ylim=(0, None),
+        title="Simulated round time and the selected clients' device times",
+    )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="upper right")
+    return figure
+
+
+def dropped_clients(records: Sequence[RoundRecord]) -> Figure:
+    figure, (ax,) = _figure()
+    simulated = _simulated(records)
+    rounds = [r.round for r in simulated]
+    bottom = np.zeros(len(simulated))
+    for reason in simulated[0].sim["dropped"] if simulated else {}:
+        counts = np.array([r.sim["dropped"][reason] for r in simulated], float)
+        ax.bar(rounds, counts, bottom=bottom, label=reason.replace("_", "-"))
+        bottom += counts
+    abandoned = [r.round for r in simulated if r.sim["abandoned"]]
+    if abandoned:
+        ax.scatter(
+            abandoned, [0] * len(abandoned), marker="x", color="red", zorder=3, label="abandoned round"
+        )
+    ax.set(
+        xlabel="round",
+        ylabel="selected clients that did not count",
+        title="Dropped clients per round, by reason",
+    )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend(loc="upper right")
+    return figure
+
+
+def participation_histogram(counts: Sequence[int], population: int) -> Figure:
+    """How many rounds each client's update counted in, over the clients selected at least once."""
+    figure, (ax,) = _figure()
+    counts = np.asarray(counts)
+    contributed = counts[counts > 0]
+    if len(counts):
+        ax.hist(counts, bins=np.arange(counts.max() + 2) - 0.5, color="tab:blue", alpha=0.8)
+    never = 1 - len(contributed) / population
+    ax.set(
+        xlabel="rounds in which the client's update counted",
+        ylabel="clients (selected at least once)",
+        title=f"Participation: {len(contributed)} of {population} clients contributed; {never:.1%} never did",
+    )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return figure

@@ -7,6 +7,7 @@ coordinator appends rounds: a last line still being written is skipped with a wa
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -15,14 +16,24 @@ from fedrun.config import RunConfig, read_config_file, resolve
 from fedrun.errors import FedrunError
 from fedrun.loop.run_dir import CONFIG, RunDirectory
 from fedrun.observe.summary import summary_rows
-from fedrun.report.figures import gantt, latency_cdf, latency_per_round, learning_curves
+from fedrun.report.figures import (
+    accuracy_by_simulated_time,
+    dropped_clients,
+    gantt,
+    latency_cdf,
+    latency_per_round,
+    learning_curves,
+    participation_histogram,
+    simulated_round_times,
+)
 
 _LOG = logging.getLogger(__name__)
 
 
 def write_report(run_dir: Path, round_num: int | None = None, out: Path | None = None) -> Path:
     """Writes the PNGs and summary.md into `out` (default DIR/report) and returns summary.md's path."""
-    rounds = RunDirectory(run_dir).rounds
+    run_dir_files = RunDirectory(run_dir)
+    rounds = run_dir_files.rounds
     records = rounds.read(
         on_torn=lambda number: _LOG.warning(
             "skipped the incomplete last line of %s (a round still being written)", rounds.path
@@ -53,6 +64,23 @@ def write_report(run_dir: Path, round_num: int | None = None, out: Path | None =
         "latency_cdf.png": latency_cdf(records),
         f"shards_round_{chosen.round}.png": gantt(chosen, workers),
     }
+    if any(r.sim is not None for r in records):
+        plots.update(
+            {
+                "accuracy_simulated_time.png": accuracy_by_simulated_time(records),
+                "simulated_round_time.png": simulated_round_times(records),
+                "dropped_clients.png": dropped_clients(records),
+            }
+        )
+        clients = run_dir_files.clients
+        participation = next((r.sim["participation"] for r in reversed(records) if r.sim), {})
+        if clients.path.exists() and participation:
+            counts: Counter[int] = Counter()
+            for line in clients.read_raw(on_torn=lambda number: None):
+                counts[line["index"]] += line["outcome"] == "counted"
+            plots["participation.png"] = participation_histogram(
+                list(counts.values()), participation["population"]
+            )
     for name, figure in plots.items():
         FigureCanvasAgg(figure).print_png(out / name)
 

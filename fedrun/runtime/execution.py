@@ -26,7 +26,9 @@ class ShardRun:
 @dataclass(frozen=True)
 class TrainOutcome:
     state: Any  # the new server state
-    metrics: dict[str, float]  # the clients' training metrics: loss, accuracy, num_examples
+    metrics: dict[
+        str, float
+    ]  # the clients' training metrics: loss, accuracy, num_examples; {} if none trained
     shards: list[ShardRun]  # in shard order
     failures: list[WorkerFailure]  # workers lost during the round; their shards ran again
     traffic: Traffic
@@ -82,6 +84,10 @@ class RoundRuntime:
         """One round of training over the cohort's clients, from `state`."""
         recycled = self._recycle_if_due(round_num)
         start = time.monotonic()
+        if not len(cohort.clients):  # an abandoned round: the model stays as it is
+            return TrainOutcome(
+                state, {}, [], [], Traffic(), recycled, len(self.dispatcher.workers), start, start
+            )
         shards = make_shards(cohort.sizes, self._num_shards)
         result = run_sharded(
             self.dispatcher, self.algorithm.train_form, state, self.algorithm.train_data(cohort.keys), shards

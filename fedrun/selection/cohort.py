@@ -35,7 +35,11 @@ class Cohort:
 
 def training_cohort(source: ClientDataSource, seed: int, round_num: int, k: int) -> Cohort:
     """K clients sampled without replacement for (seed, round), with their shuffle seeds."""
-    clients = sample_clients(seed, round_num, source.population, k)
+    return cohort_of(source, seed, round_num, sample_clients(seed, round_num, source.population, k))
+
+
+def cohort_of(source: ClientDataSource, seed: int, round_num: int, clients: np.ndarray) -> Cohort:
+    """These clients' training data for the round, each with its shuffle seed."""
     seeds = shuffle_seeds(seed, round_num, clients)
     return Cohort(
         clients=clients,

@@ -1,5 +1,6 @@
 """The Prometheus observer, fed RoundRecords directly: no workers, a fresh registry per test."""
 
+import dataclasses
 import logging
 import shutil
 import socket
@@ -234,3 +235,31 @@ def test_exposition_passes_promtool_lint(registry):
     )
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert result.stdout.decode() + result.stderr.decode() == ""
+
+
+def simulated(record: RoundRecord, *, round_s: float, clock_s: float, abandoned: bool = False) -> RoundRecord:
+    sim = {"round_s": round_s, "clock_s": clock_s, "selected": 8, "reported": 5, "abandoned": abandoned,
+           "dropped": {"deadline": 2, "over_selection": 0, "dropout": 1, "unavailable": 0},
+           "client_s": {"p50": 3.0, "p95": 9.0, "p99": 9.5, "max": 10.0},
+           "participation": {"population": 100, "clients_contributed": 5, "never_fraction": 0.95,
+                             "fastest_quartile_share": 0.4, "slowest_quartile_share": 0.2}}
+    if abandoned:
+        return dataclasses.replace(record, sim=sim, train={}, examples_trained=0)
+    return dataclasses.replace(record, sim=sim)
+
+
+def test_the_simulated_federation_is_exported(registry):
+    metrics = PrometheusMetrics(registry)
+    metrics.on_start(RunConfig(), WORKERS)
+    metrics.on_round(simulated(round_record(1, loss=1.5), round_s=40.0, clock_s=40.0))
+    metrics.on_round(simulated(round_record(2), round_s=600.0, clock_s=640.0, abandoned=True))
+    value = registry.get_sample_value
+
+    assert value("fedrun_simulated_clock_seconds") == 640.0
+    assert value("fedrun_simulated_round_duration_seconds_count") == 2
+    assert value("fedrun_simulated_round_duration_seconds_bucket", {"le": "60.0"}) == 1
+    assert value("fedrun_clients_dropped_total", {"reason": "deadline"}) == 4
+    assert value("fedrun_clients_dropped_total", {"reason": "unavailable"}) == 0
+    assert value("fedrun_rounds_abandoned_total") == 1
+    assert value("fedrun_clients_never_participated_ratio") == 0.95
+    assert value("fedrun_train_loss") == 1.5  # the abandoned round trained no one: the last loss stays

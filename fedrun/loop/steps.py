@@ -1,0 +1,78 @@
+"""The steps a run's round loop calls, chosen from its configuration: who is selected, who
+counts, which clock selection reads, and (with a system model) the simulated devices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from fedrun.config import RunConfig
+from fedrun.data.keys import TRAIN
+from fedrun.loop.clock import VirtualClock, WallClock
+from fedrun.selection.cohort import Cohort, evaluation_cohort
+from fedrun.selection.policy import DevicePolicy, RoundPolicy, WaitForAll
+from fedrun.selection.sampling import sample_clients
+from fedrun.selection.selector import AvailableSelector, UniformSelector
+from fedrun.system.build import build_system_model
+from fedrun.system.models import SystemModel
+from fedrun.system.participation import Participation, quartile_bounds
+
+if TYPE_CHECKING:
+    from fedrun.data.source import ClientDataSource
+
+# Devices whose round times set the speed quartiles that participation is counted in.
+_SPEED_REFERENCE_CLIENTS = 2000
+
+
+@dataclass
+class RoundSteps:
+    selector: UniformSelector
+    policy: RoundPolicy
+    clock: WallClock | VirtualClock
+    system: SystemModel | None = None
+    participation: Participation | None = None
+    speed_groups: dict[str, Cohort] | None = None  # evaluation groups by device speed quartile
+
+
+def round_steps(config: RunConfig, source: ClientDataSource, model_bytes: int) -> RoundSteps:
+    seed = config.workload.seed
+    system = build_system_model(config, source, model_bytes)
+    if system is None:
+        return RoundSteps(UniformSelector(source, seed, config.clients_selected), WaitForAll(), WallClock())
+    selector = (
+        AvailableSelector(source, seed, config.clients_selected, system.available)
+        if system.has_availability
+        else UniformSelector(source, seed, config.clients_selected)
+    )
+    policy = DevicePolicy(system, config.policy, config.workload.clients_per_round, seed)
+    reference = sample_clients(seed, 0, source.population, min(_SPEED_REFERENCE_CLIENTS, source.population))
+    participation = Participation(
+        source.population, *quartile_bounds(_round_times(system, source, reference))
+    )
+    return RoundSteps(
+        selector,
+        policy,
+        VirtualClock(),
+        system,
+        participation,
+        speed_groups(system, source, seed, config.eval.clients),
+    )
+
+
+def speed_groups(system: SystemModel, source: ClientDataSource, seed: int, size: int) -> dict[str, Cohort]:
+    """The fixed evaluation sample (eval's 'sample' group) cut into quartiles by device speed:
+    speed_q1 the fastest quarter, speed_q4 the slowest."""
+    if size < 4:
+        return {}
+    sample = sample_clients(seed, 0, source.population, min(size, source.population))
+    by_speed = sample[np.argsort(_round_times(system, source, sample), kind="stable")]
+    return {
+        f"speed_q{q + 1}": evaluation_cohort(source, np.sort(part))
+        for q, part in enumerate(np.array_split(by_speed, 4))
+    }
+
+
+def _round_times(system: SystemModel, source: ClientDataSource, clients: np.ndarray) -> np.ndarray:
+    return np.array([system.client_time(int(c), source.num_examples(int(c), TRAIN)).total_s for c in clients])
