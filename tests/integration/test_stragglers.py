@@ -20,8 +20,9 @@ POLICY = "--system-model lognormal --over-selection 1.5 --deadline-s 2.5 --dropo
 
 
 def run(out, *args, check=True):
-    result = subprocess.run(fedrun("run", *BASE, "--out", str(out), *args), capture_output=True, text=True,
-                            timeout=300)
+    result = subprocess.run(
+        fedrun("run", *BASE, "--out", str(out), *args), capture_output=True, text=True, timeout=300
+    )
     if check:
         assert result.returncode == 0, result.stderr
     return result
@@ -43,11 +44,15 @@ def test_a_system_model_alone_adds_simulated_time_and_changes_no_weight(tmp_path
     plain, timed = weights(tmp_path / "plain"), weights(tmp_path / "timed")
     assert all(np.array_equal(plain[k], timed[k]) for k in plain)
     rounds = lines(tmp_path / "timed" / "rounds.jsonl")
-    assert all(r["sim"]["selected"] == r["sim"]["reported"] == 6 and not r["sim"]["abandoned"] for r in rounds)
+    assert all(
+        r["sim"]["selected"] == r["sim"]["reported"] == 6 and not r["sim"]["abandoned"] for r in rounds
+    )
     clients = lines(tmp_path / "timed" / "clients.jsonl")
     assert len(clients) == 18 and all(c["outcome"] == "counted" for c in clients)
     for r in rounds:  # waiting for all: the round lasts as long as its slowest client
-        assert r["sim"]["round_s"] == pytest.approx(max(c["total_s"] for c in clients if c["round"] == r["round"]))
+        assert r["sim"]["round_s"] == pytest.approx(
+            max(c["total_s"] for c in clients if c["round"] == r["round"])
+        )
     clocks = [r["sim"]["clock_s"] for r in rounds]
     assert clocks == pytest.approx(np.cumsum([r["sim"]["round_s"] for r in rounds]))
     assert all(r["sim"] is None for r in lines(tmp_path / "plain" / "rounds.jsonl"))
@@ -81,8 +86,12 @@ def test_abandoned_rounds_leave_the_model_unchanged(tmp_path):
 def test_resume_restores_the_virtual_clock_and_participation(tmp_path):
     run(tmp_path / "whole", *POLICY, "--rounds", "4")
     run(tmp_path / "cut", *POLICY, "--rounds", "2")
-    resumed = subprocess.run(fedrun("run", "--resume", str(tmp_path / "cut"), "--rounds", "4"),
-                             capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run(
+        fedrun("run", "--resume", str(tmp_path / "cut"), "--rounds", "4"),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert resumed.returncode == 0, resumed.stderr
 
     whole, cut = lines(tmp_path / "whole" / "rounds.jsonl"), lines(tmp_path / "cut" / "rounds.jsonl")

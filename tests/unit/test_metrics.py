@@ -238,11 +238,22 @@ def test_exposition_passes_promtool_lint(registry):
 
 
 def simulated(record: RoundRecord, *, round_s: float, clock_s: float, abandoned: bool = False) -> RoundRecord:
-    sim = {"round_s": round_s, "clock_s": clock_s, "selected": 8, "reported": 5, "abandoned": abandoned,
-           "dropped": {"deadline": 2, "over_selection": 0, "dropout": 1, "unavailable": 0},
-           "client_s": {"p50": 3.0, "p95": 9.0, "p99": 9.5, "max": 10.0},
-           "participation": {"population": 100, "clients_contributed": 5, "never_fraction": 0.95,
-                             "fastest_quartile_share": 0.4, "slowest_quartile_share": 0.2}}
+    sim = {
+        "round_s": round_s,
+        "clock_s": clock_s,
+        "selected": 8,
+        "reported": 5,
+        "abandoned": abandoned,
+        "dropped": {"deadline": 2, "over_selection": 0, "dropout": 1, "unavailable": 0},
+        "client_s": {"p50": 3.0, "p95": 9.0, "p99": 9.5, "max": 10.0},
+        "participation": {
+            "population": 100,
+            "clients_contributed": 5,
+            "never_fraction": 0.95,
+            "fastest_quartile_share": 0.4,
+            "slowest_quartile_share": 0.2,
+        },
+    }
     if abandoned:
         return dataclasses.replace(record, sim=sim, train={}, examples_trained=0)
     return dataclasses.replace(record, sim=sim)

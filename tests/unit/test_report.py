@@ -185,24 +185,52 @@ def test_a_run_with_a_system_model_gets_its_simulated_figures_and_rows(tmp_path)
     for record in records:
         clock += 10.0 * record.round
         abandoned = record.round == 3
-        sim = {"round_s": 10.0 * record.round, "clock_s": clock, "selected": 4, "reported": 0 if abandoned else 3,
-               "abandoned": abandoned, "dropped": {"deadline": 1, "over_selection": 0, "dropout": 0, "unavailable": 0},
-               "client_s": {"p50": 4.0, "p95": 9.0, "p99": 9.9, "max": 10.0},
-               "participation": {"population": 50, "clients_contributed": 3 * record.round, "never_fraction": 0.5,
-                                 "fastest_quartile_share": 0.4, "slowest_quartile_share": 0.1}}
+        sim = {
+            "round_s": 10.0 * record.round,
+            "clock_s": clock,
+            "selected": 4,
+            "reported": 0 if abandoned else 3,
+            "abandoned": abandoned,
+            "dropped": {"deadline": 1, "over_selection": 0, "dropout": 0, "unavailable": 0},
+            "client_s": {"p50": 4.0, "p95": 9.0, "p99": 9.9, "max": 10.0},
+            "participation": {
+                "population": 50,
+                "clients_contributed": 3 * record.round,
+                "never_fraction": 0.5,
+                "fastest_quartile_share": 0.4,
+                "slowest_quartile_share": 0.1,
+            },
+        }
         changed = dataclasses.replace(record, sim=sim, train={} if abandoned else record.train)
         lines.append(json.dumps(dataclasses.asdict(changed)) + "\n")
-        clients += [json.dumps({"round": record.round, "client": str(c), "index": c, "download_s": 0.1,
-                                "compute_s": 3.0, "upload_s": 0.1, "total_s": 3.2,
-                                "outcome": "counted" if c < 3 and not abandoned else "dropped", "reason": None}) + "\n"
-                    for c in range(4)]
+        clients += [
+            json.dumps(
+                {
+                    "round": record.round,
+                    "client": str(c),
+                    "index": c,
+                    "download_s": 0.1,
+                    "compute_s": 3.0,
+                    "upload_s": 0.1,
+                    "total_s": 3.2,
+                    "outcome": "counted" if c < 3 and not abandoned else "dropped",
+                    "reason": None,
+                }
+            )
+            + "\n"
+            for c in range(4)
+        ]
     (tmp_path / "rounds.jsonl").write_text("".join(lines))
     (tmp_path / "clients.jsonl").write_text("".join(clients))
 
     table = summary_table(write_report(tmp_path))
 
-    for name in ("accuracy_simulated_time.png", "simulated_round_time.png", "dropped_clients.png",
-                 "participation.png"):
+    for name in (
+        "accuracy_simulated_time.png",
+        "simulated_round_time.png",
+        "dropped_clients.png",
+        "participation.png",
+    ):
         assert png_size(tmp_path / "report" / name)[0] > 500, name
     assert table["simulated time at the end of the last round"] == f"{clock:.1f} s"
     assert table["rounds abandoned"] == "1"

@@ -403,4 +403,7 @@ def test_cli_refuses_a_cohort_larger_than_the_files_population(npz_file, tmp_pat
         ]
     )
     assert code == 2
-    assert "has 4 training clients, fewer than the 5 a round selects (--clients-per-round 5)" in capsys.readouterr().err
+    assert (
+        "has 4 training clients, fewer than the 5 a round selects (--clients-per-round 5)"
+        in capsys.readouterr().err
+    )

@@ -52,8 +52,9 @@ def cohort(clients: list[int]) -> Cohort:
 
 
 def lognormal(seed: int = 0, **overrides) -> LognormalModel:
-    options = dict(compute_s_per_example=0.005, compute_sigma=0.6, bandwidth_kbps=5000.0,
-                   bandwidth_sigma=0.6, rtt_s=0.05)
+    options = dict(
+        compute_s_per_example=0.005, compute_sigma=0.6, bandwidth_kbps=5000.0, bandwidth_sigma=0.6, rtt_s=0.05
+    )
     return LognormalModel(TASK, seed, **{**options, **overrides})
 
 
@@ -83,8 +84,11 @@ def _pickle(path: Path, value) -> Path:
 
 def test_fedscale_traces_give_fedscales_formula_and_client_mapping(tmp_path):
     # FedScale's client_device_capacity: ids from 1, ms per sample and kbps.
-    trace = {1: {"computation": 40.0, "communication": 2000.0}, 2: {"computation": 10.0, "communication": 500.0},
-             3: {"computation": 25.0, "communication": 8000.0}}
+    trace = {
+        1: {"computation": 40.0, "communication": 2000.0},
+        2: {"computation": 10.0, "communication": 500.0},
+        3: {"computation": 25.0, "communication": 8000.0},
+    }
     profiles = read_device_trace(_pickle(tmp_path / "client_device_capacity", trace))
     model = TraceModel(TASK, profiles)
     # fedrun client i is FedScale client i + 1, which takes entry (i + 1) % len(trace).
@@ -99,20 +103,33 @@ def test_fedscale_traces_give_fedscales_formula_and_client_mapping(tmp_path):
 
 
 def test_fedscale_availability_is_read_and_mapped_as_fedscale_does(tmp_path):
-    behaviour = {"u7": {"active": [0, 100], "inactive": [50, 150], "finish_time": 200, "model": "x"},
-                 "u2": {"active": [10], "inactive": [20], "finish_time": 30}}
+    behaviour = {
+        "u7": {"active": [0, 100], "inactive": [50, 150], "finish_time": 200, "model": "x"},
+        "u2": {"active": [10], "inactive": [20], "finish_time": 30},
+    }
     traces = read_availability_trace(_pickle(tmp_path / "client_behave_trace", behaviour))
     assert traces[0] == Availability((0.0, 100.0), (50.0, 150.0), 200.0)
     assert fedscale_entry(traces, 0) is traces[1] and fedscale_entry(traces, 1) is traces[0]
     u7 = traces[0]
-    assert [u7.available_at(t) for t in (0, 49, 51, 120, 199, 210, 260)] == [True, True, False, True, False, True, False]
+    assert [u7.available_at(t) for t in (0, 49, 51, 120, 199, 210, 260)] == [
+        True,
+        True,
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
 
 
-@pytest.mark.parametrize("payload,message", [
-    ([1, 2], "not FedScale's"),
-    ({1: {"computation": 1.0}}, "entry 1"),
-    ({1: {"computation": 1.0, "communication": 0.0}}, "bandwidth positive"),
-])
+@pytest.mark.parametrize(
+    "payload,message",
+    [
+        ([1, 2], "not FedScale's"),
+        ({1: {"computation": 1.0}}, "entry 1"),
+        ({1: {"computation": 1.0, "communication": 0.0}}, "bandwidth positive"),
+    ],
+)
 def test_bad_device_traces_name_the_file_and_the_form(tmp_path, payload, message):
     with pytest.raises(FedrunError, match=message):
         read_device_trace(_pickle(tmp_path / "trace.pkl", payload))
@@ -125,10 +142,16 @@ def test_bad_device_traces_name_the_file_and_the_form(tmp_path, payload, message
 
 def test_csv_profiles_by_client_name_and_the_rest_in_turn(tmp_path):
     table = tmp_path / "devices.csv"
-    table.write_text("client,compute_s_per_example,bandwidth_kbps,rtt_s\nalice,0.01,1000,0.1\nbob,0.002,8000,\n")
+    table.write_text(
+        "client,compute_s_per_example,bandwidth_kbps,rtt_s\nalice,0.01,1000,0.1\nbob,0.002,8000,\n"
+    )
     rows, names = read_profile_csv(table)
-    model = ProfileTable(TASK, rows, {name: row for row, name in enumerate(names)},
-                         name_of=lambda client: {0: "bob", 1: "carol"}.get(client, "x"))
+    model = ProfileTable(
+        TASK,
+        rows,
+        {name: row for row, name in enumerate(names)},
+        name_of=lambda client: {0: "bob", 1: "carol"}.get(client, "x"),
+    )
     assert model.row(0)["compute_s_per_example"] == 0.002  # by name
     assert model.row(1) == rows[1 % 2]  # carol: not in the file, row index mod rows
     time = model.client_time(0, examples=10)
@@ -164,7 +187,9 @@ def test_availability_selection_draws_only_available_clients_in_o_of_k():
 
 def test_a_deadline_drops_exactly_the_clients_past_it():
     system = GivenTimes({1: 3.0, 2: 9.0, 3: 5.0, 4: 5.01})
-    plan = DevicePolicy(system, PolicyConfig(deadline_s=5.0), target=4, seed=0).plan(1, cohort([1, 2, 3, 4]), 0.0)
+    plan = DevicePolicy(system, PolicyConfig(deadline_s=5.0), target=4, seed=0).plan(
+        1, cohort([1, 2, 3, 4]), 0.0
+    )
     assert plan.simulated.reasons == (None, "deadline", None, "deadline")
     assert plan.counted == (0, 2)
     assert plan.simulated.round_s == 5.0  # fewer than needed: the round closes at the deadline
@@ -193,7 +218,8 @@ def test_dropout_is_seeded_and_about_its_probability():
 def test_too_few_reports_abandon_the_round_and_train_no_one():
     system = GivenTimes({1: 1.0, 2: 20.0, 3: 30.0})
     plan = DevicePolicy(system, PolicyConfig(deadline_s=10.0, min_reporting=2), target=3, seed=0).plan(
-        1, cohort([1, 2, 3]), 0.0)
+        1, cohort([1, 2, 3]), 0.0
+    )
     assert plan.simulated.abandoned and plan.counted == () and len(plan.training.clients) == 0
     assert plan.simulated.round_s == 10.0  # the time was spent all the same
 
@@ -210,17 +236,25 @@ def test_without_a_policy_every_client_counts_and_the_round_waits_for_the_slowes
     assert plan.counted == (0, 1, 2) and plan.simulated.round_s == 4.0
 
 
-@pytest.mark.parametrize("options,message", [
-    ({"deadline_s": 5.0}, "choose a --system-model"),
-    ({"system_model": "fedscale"}, "needs --device-trace"),
-    ({"system_model": "lognormal", "device_trace": "x.csv"}, "takes no --device-trace"),
-    ({"system_model": "lognormal", "over_selection": 0.9}, "over_selection must be at least 1"),
-    ({"system_model": "lognormal", "dropout": 1.0}, "dropout must be a probability"),
-    ({"system_model": "none", "speed_data_skew": 1.0}, "need a --system-model"),
-    ({"system_model": "lognormal", "min_reporting": 40}, "min_reporting \\(40\\) exceeds clients_per_round"),
-    ({"system_model": "lognormal", "over_selection": 2.0, "clients_per_round": 40, "population": 60},
-     "raise --population \\(or --over-selection\\)"),
-])
+@pytest.mark.parametrize(
+    "options,message",
+    [
+        ({"deadline_s": 5.0}, "choose a --system-model"),
+        ({"system_model": "fedscale"}, "needs --device-trace"),
+        ({"system_model": "lognormal", "device_trace": "x.csv"}, "takes no --device-trace"),
+        ({"system_model": "lognormal", "over_selection": 0.9}, "over_selection must be at least 1"),
+        ({"system_model": "lognormal", "dropout": 1.0}, "dropout must be a probability"),
+        ({"system_model": "none", "speed_data_skew": 1.0}, "need a --system-model"),
+        (
+            {"system_model": "lognormal", "min_reporting": 40},
+            "min_reporting \\(40\\) exceeds clients_per_round",
+        ),
+        (
+            {"system_model": "lognormal", "over_selection": 2.0, "clients_per_round": 40, "population": 60},
+            "raise --population \\(or --over-selection\\)",
+        ),
+    ],
+)
 def test_system_and_policy_options_are_checked(options, message):
     with pytest.raises(FedrunError, match=message):
         flat_config(**options)
