@@ -26,7 +26,7 @@ lint: venv
 	$(BIN)/ruff format --check .
 
 soak: venv
-	$(BIN)/python -m pytest -q -m soak tests/soak
+	$(BIN)/python -m pytest -q -rs -m soak tests
 
 clean:
 	rm -rf $(VENV) runs

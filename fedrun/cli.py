@@ -9,7 +9,6 @@ import argparse
 import importlib.metadata
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -25,25 +24,10 @@ from fedrun.config import (
 )
 from fedrun.errors import FedrunError
 from fedrun.loop.run_dir import CONFIG, RunDirectory
+from fedrun.stopping import STOP, Interrupted
 
 EXIT_ERROR = 2
 PLUGIN_GROUP = "fedrun.commands"
-
-
-class Interrupted(BaseException):
-    """SIGINT or SIGTERM, raised in the main thread so every `finally` (and worker stop) runs."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.exit_code = 128 + signum
-
-
-def _on_signal(signum, frame):
-    # The first signal unwinds cleanly; a second one while that is under way exits at once.
-    # Workers still die with us: each gets SIGKILL from the kernel when its parent exits.
-    signal.signal(signal.SIGINT, lambda *_: os._exit(128 + signum))
-    signal.signal(signal.SIGTERM, lambda *_: os._exit(128 + signum))
-    raise Interrupted(signum)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -184,8 +168,6 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_simulation(args: argparse.Namespace) -> int:
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
     try:
         config = run_config(args)
         quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
@@ -200,7 +182,7 @@ def run_simulation(args: argparse.Namespace) -> int:
         from fedrun.observe.terminal import TerminalProgress
 
         terminal = TerminalProgress()
-        simulate(config, [terminal, *observers], resume=args.resume is not None)
+        simulate(config, [terminal, *observers], resume=args.resume is not None, should_stop=STOP.check)
     except Interrupted as stop:
         print(
             f"fedrun: {stop}: stopped; workers stopped, completed rounds and the last checkpoint "
@@ -217,12 +199,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="fedrun: %(message)s")
     try:
         return args.handler(args)
+    except Interrupted as stop:
+        print(f"fedrun: {stop}: stopped, everything it started stopped too", file=sys.stderr)
+        return stop.exit_code
     except UserError as e:
         if getattr(args, "debug", False):
             raise
         print(f"fedrun: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -36,6 +36,7 @@ from fedrun.bench.statistics import (
 from fedrun.bench.systems import build_and_start, system_processes
 from fedrun.bench.tables import comparison_table, memory_table, repeats_table, scale_tables, targets_table
 from fedrun.config import BY_FLAG, RunConfig
+from fedrun.stopping import STOP
 
 
 def compare(bench: BenchConfig) -> dict[str, Any]:
@@ -52,6 +53,7 @@ def compare(bench: BenchConfig) -> dict[str, Any]:
         setup = build_and_start(children)
         rounds: dict[str, list[dict[str, Any]]] = {s: [] for s in SYSTEMS}
         for round_num in range(1, workload.rounds + 1):
+            STOP.check()
             for name in _rotated(SYSTEMS, round_num):
                 rounds[name].append(children[name].round(round_num, workload.clients_per_round))
         final = {s: sampler.sample(s) for s in SYSTEMS}
@@ -85,6 +87,7 @@ def scale(bench: BenchConfig) -> dict[str, Any]:
         next_round = dict.fromkeys(children, 1)
 
         def run(name: str, clients: int) -> dict[str, Any]:
+            STOP.check()
             record = children[name].round(next_round[name], clients)
             next_round[name] += 1
             return record
@@ -152,6 +155,7 @@ def rounds_memory(
         build_and_start(children)
         trace, peaks = [], {}
         for round_num in range(1, total + 1):
+            STOP.check()
             record = child.round(round_num, workload.clients_per_round)
             if round_num in (1, MEMORY_CHECKPOINT_ROUND, total) or round_num % every == 0:
                 memory = sampler.sample("fedrun")

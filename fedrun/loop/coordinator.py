@@ -4,6 +4,7 @@ the coordinator owns the server state, the clocks and the run's records."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -24,6 +25,8 @@ from fedrun.selection.policy import DROP_REASONS, RoundPlan
 if TYPE_CHECKING:
     from fedrun.data.source import ClientDataSource
 
+_LOG = logging.getLogger(__name__)
+
 
 class Coordinator:
     """Owns the server state and the loop; everything else is a step it calls."""
@@ -36,6 +39,7 @@ class Coordinator:
         run_dir: RunDirectory,
         on_round: Callable[[RoundRecord], None] = lambda record: None,
         steps: RoundSteps | None = None,
+        should_stop: Callable[[], None] = lambda: None,
     ):
         self.config = config
         self.source = source
@@ -47,16 +51,19 @@ class Coordinator:
         self.selector, self.policy, self.clock = steps.selector, steps.policy, steps.clock
         self.evaluator = Evaluator(runtime, source, config.eval, config.workload.seed, steps.speed_groups)
         self.wall = WallClock()
+        self.should_stop = should_stop  # raises at a safe point when the run is to stop
         self.state: Any = None
 
     def run(self, resume: bool = False) -> Any:
         """Trains up to `rounds` rounds, from the checkpoint when resuming; returns the final
         server state."""
         for round_num in self._rounds_to_run(resume):
+            self.should_stop()
             cohort = self.selector.select(round_num, self.clock.now())
             plan = self.policy.plan(round_num, cohort, self.clock.now())
             outcome = self.runtime.train(round_num, self.state, plan.training)
             evaluation = self.evaluator.evaluate(round_num, outcome.state, plan.cohort)
+            self.should_stop()  # a round not yet committed is abandoned, and runs again on resume
             self.commit(round_num, plan, outcome, evaluation)
         weights = self.state.global_model_weights
         self.run_dir.save_weights(list(weights.trainable), list(weights.non_trainable))
@@ -85,7 +92,10 @@ class Coordinator:
     def _rounds_to_run(self, resume: bool) -> range:
         self.state = self.runtime.initial_state()
         done = 0
-        if resume:
+        if resume and not self.run_dir.has_checkpoint:
+            _LOG.warning("no round of %s was finished; starting from round 1", self.run_dir.path)
+            self.run_dir.start_fresh()
+        elif resume:
             checkpoint = load_checkpoint(self.run_dir.path, self.state)
             self.run_dir.rounds.keep_up_to(checkpoint.round)
             self.run_dir.clients.keep_up_to(checkpoint.round)

@@ -128,6 +128,10 @@ class RunDirectory:
                 f"choose a writable --out directory"
             ) from None
 
+    @property
+    def has_checkpoint(self) -> bool:
+        return (self.path / CHECKPOINT).exists()
+
     def write_config(self, config: RunConfig) -> None:
         write_bytes_atomically(self.path / CONFIG, config_toml(config).encode())
 

@@ -4,7 +4,7 @@ exit path. `fedrun run`, the benchmark and the tests all assemble runs with thes
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -54,35 +54,52 @@ def started_workers(config: RunConfig, log_dir: Path | None) -> Iterator[WorkerB
         yield backend
 
 
-def runtime_over(backend: WorkerBackend, algorithm: FederatedAlgorithm, config: RunConfig) -> RoundRuntime:
+def runtime_over(
+    backend: WorkerBackend,
+    algorithm: FederatedAlgorithm,
+    config: RunConfig,
+    should_stop: Callable[[], None] = lambda: None,
+) -> RoundRuntime:
     from fedrun.runtime.execution import RoundRuntime  # loads TensorFlow
 
     dispatch = config.dispatch
     return RoundRuntime.over(
-        backend, algorithm, config.num_shards, dispatch.rpc_timeout_s, dispatch.recycle_every
+        backend, algorithm, config.num_shards, dispatch.rpc_timeout_s, dispatch.recycle_every, should_stop
     )
 
 
-def simulate(config: RunConfig, observers: list[RunObserver], resume: bool = False) -> None:
+def simulate(
+    config: RunConfig,
+    observers: list[RunObserver],
+    resume: bool = False,
+    should_stop: Callable[[], None] = lambda: None,
+) -> None:
     """Runs the simulation described by `config` (continuing its checkpoint when `resume`),
     reporting to `observers`. Nothing in the output directory changes until the data, the
-    algorithm and the workers are ready, so a bad option never costs earlier results."""
+    algorithm and the workers are ready, so a bad option never costs earlier results.
+    `should_stop` is called at every safe point (start-up, the round loop, waits on workers) and
+    raises to stop there; the workers are stopped on the way out."""
     from fedrun.learning.algorithm import algorithm_for  # loads TensorFlow
 
     run_dir = RunDirectory(config.output.dir)
     run_dir.create()
     source = open_source(config)
     events = Observers(observers)
+    should_stop()
     with started_workers(config, run_dir.path / "workers") as backend:
+        should_stop()
         algorithm = algorithm_for(config, source)
-        runtime = runtime_over(backend, algorithm, config)
+        should_stop()
+        runtime = runtime_over(backend, algorithm, config, should_stop)
         try:
             if not resume:
                 run_dir.start_fresh()
             run_dir.write_config(config)
             events.on_start(config, backend.workers())
             try:
-                Coordinator(config, source, runtime, run_dir, events.on_round).run(resume)
+                Coordinator(config, source, runtime, run_dir, events.on_round, should_stop=should_stop).run(
+                    resume
+                )
             finally:
                 events.on_end()
         finally:

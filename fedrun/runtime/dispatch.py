@@ -71,6 +71,8 @@ class Dispatcher:
     `replace(worker_id)` returns a session to a fresh worker in that slot, or raises WorkerError
     if the backend cannot provide one; without it a failed worker's slot is simply dropped.
     `can_recycle`: whether `replace` starts a new process, which `recycle` needs.
+    `should_stop` is called while calls run, at least every POLL_S: it raises to stop waiting
+    (a stop request; the calls still running are abandoned to their sessions' deadlines).
     """
 
     def __init__(
@@ -80,15 +82,22 @@ class Dispatcher:
         replace: Callable[[str], Session] | None = None,
         can_recycle: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        should_stop: Callable[[], None] = lambda: None,
     ):
         self._sessions = list(sessions)
         self._is_alive = is_alive
         self._replace = replace
         self._can_recycle = can_recycle
         self._clock = clock
+        self._should_stop = should_stop
 
     @classmethod
-    def for_backend(cls, backend: WorkerBackend, session: Callable[[Any], Session]) -> Dispatcher:
+    def for_backend(
+        cls,
+        backend: WorkerBackend,
+        session: Callable[[Any], Session],
+        should_stop: Callable[[], None] = lambda: None,
+    ) -> Dispatcher:
         """Over the backend's started workers (`session(worker)` connects to one); a failed or
         recycled worker's slot is refilled by the backend."""
         return cls(
@@ -96,6 +105,7 @@ class Dispatcher:
             backend.is_alive,
             lambda worker_id: session(backend.replace(worker_id)),
             can_recycle=backend.capabilities.starts_workers,
+            should_stop=should_stop,
         )
 
     def close(self, wait: bool = True) -> None:
@@ -160,6 +170,7 @@ class Dispatcher:
                 done, _ = concurrent.futures.wait(
                     running, timeout=POLL_S, return_when=concurrent.futures.FIRST_COMPLETED
                 )
+                self._should_stop()
                 for future in done:
                     index, session, start = running.pop(future)
                     try:

@@ -4,7 +4,7 @@ clients, and return everything that happened as one outcome object."""
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +68,13 @@ class RoundRuntime:
         num_shards: int,
         rpc_timeout_s: float,
         recycle_every: int = 0,
+        should_stop: Callable[[], None] = lambda: None,
     ) -> RoundRuntime:
-        """Over a started backend's workers, each dialled with `rpc_timeout_s` on every call."""
-        dispatcher = Dispatcher.for_backend(backend, lambda worker: WorkerSession(worker, rpc_timeout_s))
+        """Over a started backend's workers, each dialled with `rpc_timeout_s` on every call;
+        `should_stop` raises to stop waiting on the workers (see Dispatcher)."""
+        dispatcher = Dispatcher.for_backend(
+            backend, lambda worker: WorkerSession(worker, rpc_timeout_s), should_stop
+        )
         return cls(dispatcher, algorithm, num_shards, recycle_every)
 
     def close(self) -> None:

@@ -301,7 +301,7 @@ def _start_training(out: Path, isolation: str) -> subprocess.Popen[str]:
         [
             sys.executable,
             "-m",
-            "fedrun.cli",
+            "fedrun",
             "run",
             "--workers",
             "2",

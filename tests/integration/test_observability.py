@@ -83,7 +83,7 @@ def observed(tmp_path_factory) -> ObservedRun:
             [
                 sys.executable,
                 "-m",
-                "fedrun.cli",
+                "fedrun",
                 "run",
                 *RUN,
                 "--metrics-port",
@@ -215,7 +215,7 @@ def test_tensorboard_scalars_match_rounds_jsonl(observed):
 
 def test_report_of_the_run(observed):
     result = subprocess.run(
-        [sys.executable, "-m", "fedrun.cli", "report", str(observed.out), "--round", "2"],
+        [sys.executable, "-m", "fedrun", "report", str(observed.out), "--round", "2"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -241,7 +241,7 @@ def test_a_taken_metrics_port_fails_before_workers_start(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "fedrun.cli",
+                "fedrun",
                 "run",
                 *RUN,
                 "--metrics-port",

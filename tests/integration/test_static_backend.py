@@ -173,7 +173,7 @@ def test_fedrun_worker_passes_sigterm_on_and_exits_with_the_workers_status() -> 
 
 def test_fedrun_worker_rejects_a_port_the_binary_would_wrap() -> None:
     finished = subprocess.run(
-        [sys.executable, "-m", "fedrun.cli", "worker", "--port", "70000"],
+        [sys.executable, "-m", "fedrun", "worker", "--port", "70000"],
         capture_output=True,
         text=True,
         env=env_with_repo_on_path(),
@@ -267,7 +267,7 @@ def test_fedrun_run_trains_on_fedrun_workers(tmp_path: Path) -> None:
             [
                 sys.executable,
                 "-m",
-                "fedrun.cli",
+                "fedrun",
                 "run",
                 "--backend",
                 "static",

@@ -53,7 +53,7 @@ def free_port() -> int:
 
 def start_fedrun_worker(port: int, stderr=subprocess.DEVNULL) -> subprocess.Popen[str]:
     worker = subprocess.Popen(
-        [sys.executable, "-m", "fedrun.cli", "worker", "--port", str(port)],
+        [sys.executable, "-m", "fedrun", "worker", "--port", str(port)],
         stderr=stderr,
         text=True,
         env=env_with_repo_on_path(),

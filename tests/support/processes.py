@@ -14,7 +14,7 @@ SMALL = "--rounds 2 --clients-per-round 8 --epochs 1 --population 100 --eval-cli
 
 
 def fedrun(*args: str) -> list[str]:
-    return [sys.executable, "-m", "fedrun.cli", *args]
+    return [sys.executable, "-m", "fedrun", *args]
 
 
 def start(args: list[str], **kwargs) -> subprocess.Popen:

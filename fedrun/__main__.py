@@ -1,0 +1,5 @@
+"""`python -m fedrun`: the `fedrun` command."""
+
+from fedrun.program import main
+
+main()
