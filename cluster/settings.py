@@ -34,6 +34,12 @@ def setting(
     return dataclasses.field(default=default, metadata=metadata)
 
 
+def flag_of(section: type, name: str) -> str:
+    """A setting's command-line flag, as messages name it for the user to change."""
+    field = next(f for f in dataclasses.fields(section) if f.name == name)
+    return "--" + (field.metadata.get("flag") or name.replace("_", "-"))
+
+
 def _backend_names() -> tuple[str, ...]:
     from cluster.registry import BACKENDS
 

@@ -6,13 +6,15 @@ cause print as one paragraph without a traceback and exit with status 2.
 """
 
 import argparse
+import difflib
 import importlib.metadata
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
-from cluster import UserError, WorkerSettings, backend_options, serve_worker
+from cluster import UserError, WorkerSettings, serve_worker
 from fedrun.config import (
     BY_FLAG,
     RunConfig,
@@ -23,20 +25,48 @@ from fedrun.config import (
     resolve,
 )
 from fedrun.errors import FedrunError
-from fedrun.loop.run_dir import CONFIG, RunDirectory
+from fedrun.loop.preflight import preflight
+from fedrun.loop.run_dir import CONFIG, TENSORBOARD
 from fedrun.stopping import STOP, Interrupted
 
 EXIT_ERROR = 2
 PLUGIN_GROUP = "fedrun.commands"
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated flags (`--round` is not `--rounds`), and one line for a usage error, with the
+    help command, instead of the whole usage."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_ERROR, f"{self.prog}: error: {message}\n(see `{self.prog} --help`)\n")
+
+    def parse_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            command = self._commands.get(getattr(parsed, "command", None), self)
+            known = [o for action in command._actions for o in action.option_strings if o.startswith("--")]
+            hints = [
+                f"{arg} (did you mean {close[0]}?)"
+                if (close := difflib.get_close_matches(arg.split("=", 1)[0], known, n=1))
+                else arg
+                for arg in unknown
+            ]
+            command.error(f"unrecognized arguments: {' '.join(hints)}")
+        return parsed
+
+    _commands: dict[str, argparse.ArgumentParser] = {}
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="fedrun",
         description="A distributed, multi-process federated-learning simulator on "
         "TensorFlow Federated's executor service.",
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     run = commands.add_parser(
         "run",
         help="run a federated simulation",
@@ -51,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="continue the run in DIR from its last checkpoint, with its config",
     )
     run.add_argument("--debug", action="store_true", help="show tracebacks")
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its rounds, checkpoint, weights, report and "
+        "TensorBoard events) once the new run is ready",
+    )
     add_config_flags(run)
     run.set_defaults(handler=run_simulation)
 
@@ -78,6 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
         entry.load()(commands)  # adds its subparser, with set_defaults(handler=...)
+    parser._commands = dict(commands.choices)
     return parser
 
 
@@ -116,13 +153,6 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     return asked
 
 
-def preflight(config: RunConfig) -> None:
-    """Checks that need no TensorFlow, before it loads (seconds), so the commonest mistakes fail
-    at once and before anything in the output directory changes."""
-    RunDirectory(config.output.dir).create()
-    backend_options(config.cluster).preflight()
-
-
 def observability(config: RunConfig) -> list:
     """The optional observers: Prometheus metrics when served or pushed (first, so a taken port fails
     before TensorFlow loads), TensorBoard scalars."""
@@ -145,7 +175,7 @@ def observability(config: RunConfig) -> list:
     if observe.tensorboard:
         from fedrun.observe.tensorboard import TensorBoardLog  # loads TensorFlow
 
-        observers.append(TensorBoardLog(config.output.dir / "tb"))
+        observers.append(TensorBoardLog(config.output.dir / TENSORBOARD))
     return observers
 
 
@@ -162,7 +192,8 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_report(args: argparse.Namespace) -> int:
     from fedrun.report.writer import write_report  # matplotlib loads only for this command
 
-    summary = write_report(args.dir, round_num=args.round, out=args.out)
+    run_dir = args.dir.parent if args.dir.is_file() else args.dir  # a file in the run's folder will do
+    summary = write_report(run_dir, round_num=args.round, out=args.out)
     print(f"report written: {summary}")
     return 0
 
@@ -173,7 +204,7 @@ def run_simulation(args: argparse.Namespace) -> int:
         quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
         if quiet:  # TF 2.14 logs CUDA-plugin noise as errors when it loads
             os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        preflight(config)
+        preflight(config, resume=args.resume is not None, overwrite=args.overwrite)
         observers = observability(config)  # a taken --metrics-port fails here, before TensorFlow loads
         from fedrun.loop.simulation import simulate  # TensorFlow loads only once the config is valid
 
@@ -191,12 +222,16 @@ def run_simulation(args: argparse.Namespace) -> int:
         )
         return stop.exit_code
     print(terminal.summary())
+    out = config.output.dir
+    print(f"results in {out}; plot them with: fedrun report {out}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="fedrun: %(message)s")
+    for status in ("fedrun.status", "cluster.status"):  # what a long wait is waiting for
+        logging.getLogger(status).setLevel(logging.INFO)
     try:
         return args.handler(args)
     except Interrupted as stop:

@@ -2,9 +2,11 @@
 orphaned (re-parented to init) and so is no longer this process's descendant."""
 
 import os
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -70,3 +72,24 @@ def no_leftover_workers() -> Iterator[None]:
         except psutil.NoSuchProcess:
             pass
     assert not leftovers, f"worker processes left behind: {described}"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_leftover_scratch_folders() -> Iterator[None]:
+    """The backend's socket and log folders: those of coordinators the tests SIGKILLed are removed
+    by the next backend (or here, at the end), and none of this session's may remain."""
+    from cluster.local.backend import LOG_PREFIX, SOCKETS_PREFIX
+    from cluster.local.scratch import remove_orphans
+
+    def scratch() -> set[Path]:
+        return {
+            p
+            for prefix in (SOCKETS_PREFIX, LOG_PREFIX)
+            for p in Path(tempfile.gettempdir()).glob(f"{prefix}*")
+        }
+
+    before = scratch()
+    yield
+    for prefix in (SOCKETS_PREFIX, LOG_PREFIX):
+        remove_orphans(prefix)
+    assert not scratch() - before, f"scratch folders left behind: {sorted(scratch() - before)}"

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -21,6 +20,7 @@ import grpc
 
 from cluster.backend import Worker, WorkerBackend, slot_of
 from cluster.errors import WorkerError, WorkerStartError
+from cluster.local import scratch
 from cluster.local.binary import find_worker_binary
 from cluster.local.netns import namespaces_unavailable, unshare_command
 from cluster.local.options import LocalWorkerOptions
@@ -28,6 +28,8 @@ from cluster.local.ports import listening_ports
 from cluster.local.spawner import Spawner
 
 _LOG = logging.getLogger(__name__)
+SOCKETS_PREFIX = "fedrun-sockets-"
+LOG_PREFIX = "fedrun-workers-"
 _POLL_INTERVAL_S = 0.05
 _STOP_GRACE_S = 5.0  # the binary exits at once on SIGTERM; this only bounds a stuck one
 _LOG_TAIL_CHARS = 2000
@@ -135,7 +137,7 @@ class LocalProcessBackend(WorkerBackend):
         self._command = options.worker_command(binary, port=0)
         self._env = options.worker_environment()
         if options.log_dir is None:
-            self._log_dir = Path(tempfile.mkdtemp(prefix="fedrun-workers-"))
+            self._log_dir = scratch.make(LOG_PREFIX)
             self._private_log_dir = True
         else:
             self._log_dir = Path(options.log_dir)
@@ -147,7 +149,7 @@ class LocalProcessBackend(WorkerBackend):
                 ) from error
         if self._isolate():
             # mkdtemp makes it 0700; in the temporary directory, as a socket path has <108 bytes.
-            self._socket_dir = Path(tempfile.mkdtemp(prefix="fedrun-sockets-"))
+            self._socket_dir = scratch.make(SOCKETS_PREFIX)
             # The launcher imports this very copy of `cluster`, installed or not.
             package_root = str(Path(__file__).resolve().parents[1])
             self._env["PYTHONPATH"] = os.pathsep.join(
@@ -253,8 +255,8 @@ class LocalProcessBackend(WorkerBackend):
                 return result
             if time.monotonic() >= deadline:
                 raise WorkerStartError(
-                    f"worker {worker_process.worker_id} did not {goal} within ready_timeout_s="
-                    f"{self._options.ready_timeout_s} s; raise LocalWorkerOptions.ready_timeout_s "
+                    f"worker {worker_process.worker_id} did not {goal} {self._options.within}; "
+                    f"raise {self._options.timeout_name} "
                     f"if the machine is busy. {self._log_excerpt(worker_process)}"
                 )
             time.sleep(_POLL_INTERVAL_S)

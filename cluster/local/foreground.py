@@ -7,8 +7,10 @@ parent, passes SIGTERM and SIGINT on, and exits with the worker's status.
 
 from __future__ import annotations
 
+import errno
 import logging
 import signal
+import socket
 import subprocess
 
 from cluster.errors import WorkerStartError
@@ -34,6 +36,7 @@ def run_foreground_worker(port: int, options: LocalWorkerOptions) -> int:
     """Runs worker_binary on `port` until it exits; returns its exit status (128+N if signalled)."""
     if not 1 <= port <= 65535:  # the binary itself silently wraps out-of-range ports
         raise WorkerStartError(f"port must be between 1 and 65535; got {port}")
+    _check_port_free(port)
     command = options.worker_command(find_worker_binary(options.binary), port)
     _LOG.warning(
         "TFF executor service on port %d of every interface, without authentication: anyone who "
@@ -53,3 +56,20 @@ def run_foreground_worker(port: int, options: LocalWorkerOptions) -> int:
     finally:
         spawner.close()
     return 128 - code if code < 0 else code
+
+
+def _check_port_free(port: int) -> None:
+    """The binary silently shares a port another process holds (SO_REUSEPORT): a second worker
+    on a taken port would split the coordinator's calls between them. Bind it first, without."""
+    for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
+        try:
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.bind((address, port))
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise WorkerStartError(
+                    f"port {port} is already in use (another worker, or something else, listens there): "
+                    f"stop it or choose another --port"
+                ) from None
+            if error.errno != errno.EAFNOSUPPORT:  # no IPv6 here: IPv4 decides
+                raise

@@ -16,6 +16,7 @@ from cluster.local.binary import find_worker_binary
 if TYPE_CHECKING:
     from cluster.settings import ClusterSettings, WorkerSettings
 
+
 ISOLATIONS = ("auto", "netns", "none")
 _MAX_GRPC_MESSAGE_MB = 2047  # gRPC message sizes are 32-bit byte counts
 
@@ -37,6 +38,7 @@ class LocalWorkerOptions:
     # "netns": each worker in its own network namespace, reached through a 0600 Unix socket;
     # "none": the binary's port is open on every interface; "auto": netns where `unshare` works.
     isolation: Literal["auto", "netns", "none"] = "auto"
+    timeout_name: str = "ready_timeout_s"  # how the user sets ready_timeout_s, for messages
 
     def __post_init__(self) -> None:
         if self.isolation not in ISOLATIONS:
@@ -59,6 +61,11 @@ class LocalWorkerOptions:
                 f"grpc_max_message_mb must be between 1 and {_MAX_GRPC_MESSAGE_MB}; "
                 f"got {self.grpc_max_message_mb}"
             )
+
+    @property
+    def within(self) -> str:
+        """ "within <the timeout, named as the user sets it>", for messages."""
+        return f"within {self.timeout_name}={self.ready_timeout_s:g} s"
 
     def worker_command(self, binary: Path, port: int) -> list[str]:
         """The worker_binary command line; port 0 lets the kernel pick a free port."""
@@ -93,12 +100,15 @@ def from_settings(settings: ClusterSettings, log_dir: Path | None) -> LocalWorke
 
 def process_options(workers: WorkerSettings, log_dir: Path | None, isolation: str) -> LocalWorkerOptions:
     """How each worker_binary process starts, wherever it runs (a local child, a Ray actor)."""
+    from cluster.settings import flag_of  # here: the settings module imports this one
+
     return LocalWorkerOptions(
         binary=Path(workers.binary) if workers.binary else None,
         max_concurrent_computation_calls=workers.max_concurrent_calls,
         intra_op_threads=workers.intra_op_threads,
         inter_op_threads=workers.inter_op_threads,
         ready_timeout_s=workers.start_timeout_s,
+        timeout_name=flag_of(type(workers), "start_timeout_s"),
         log_dir=log_dir,
         isolation=isolation,  # type: ignore[arg-type]  # checked in __post_init__
     )

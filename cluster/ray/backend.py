@@ -197,10 +197,10 @@ class RayBackend(WorkerBackend):
             remove_placement_group(group)
             raise WorkerStartError(
                 f"Ray did not reserve {num_workers} x {bundle} ({options.placement_strategy}) "
-                f"within ready_timeout_s={options.process.ready_timeout_s} s although the "
+                f"{options.process.within} although the "
                 f"cluster has that much: other work holds it (available now: "
                 f"{ray.available_resources()}); wait for it to end, ask for less, or raise "
-                f"ready_timeout_s"
+                f"{options.process.timeout_name}"
             )
         return group
 
@@ -225,14 +225,14 @@ class RayBackend(WorkerBackend):
         started: ray.ObjectRef,
         deadline: float,
     ) -> _Slot:
-        timeout_s = self._options.process.ready_timeout_s
         try:
             target = ray.get(started, timeout=max(0.0, deadline - time.monotonic()))
         except ray.exceptions.GetTimeoutError:
             raise WorkerStartError(
-                f"Ray worker {worker_id} was not ready within ready_timeout_s={timeout_s} s: its "
+                f"Ray worker {worker_id} was not ready {self._options.process.within}: its "
                 f"actor was not scheduled or did not start its binary; see `ray status` and the "
-                f"actor's log (`ray logs`), or raise ready_timeout_s if the cluster is busy"
+                f"actor's log (`ray logs`), or raise {self._options.process.timeout_name} if the "
+                f"cluster is busy"
             ) from None
         except ray.exceptions.RayTaskError as error:
             if isinstance(error.cause, WorkerError):
@@ -243,7 +243,7 @@ class RayBackend(WorkerBackend):
                 f"Ray worker {worker_id}'s actor could not start: {error}. Every node needs "
                 f"fedrun and tensorflow_federated installed in the Python that Ray runs"
             ) from None
-        _await_reachable(worker_id, target, deadline, timeout_s)
+        _await_reachable(worker_id, target, deadline, self._options.process.within)
         slot = _Slot(bundle_index, actor, Worker(worker_id, target), actor.wait_for_exit.remote())
         self._starting.remove(actor)
         _LOG.info("worker %s ready at %s", worker_id, target)
@@ -268,7 +268,7 @@ def _await_answer(address: str, deadline: float) -> None:
         ) from None
 
 
-def _await_reachable(worker_id: str, target: str, deadline: float, timeout_s: float) -> None:
+def _await_reachable(worker_id: str, target: str, deadline: float, within: str) -> None:
     """The actor saw its binary ready on its node; this checks the coordinator reaches it too."""
     with grpc.insecure_channel(target) as channel:
         try:
@@ -276,7 +276,7 @@ def _await_reachable(worker_id: str, target: str, deadline: float, timeout_s: fl
         except grpc.FutureTimeoutError:
             raise WorkerStartError(
                 f"Ray worker {worker_id} listens at {target} on its node, but this coordinator "
-                f"could not connect within ready_timeout_s={timeout_s} s; let the coordinator "
+                f"could not connect {within}; let the coordinator "
                 f"reach the nodes' ports"
             ) from None
 

@@ -10,6 +10,7 @@ import concurrent.futures
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import grpc
 
@@ -19,6 +20,16 @@ from cluster.static.options import REMOTE_RISK, StaticWorkerOptions
 from cluster.static.probe import ProbeResult, Verdict, answers, probe_executor
 
 _LOG = logging.getLogger(__name__)
+_STATUS = logging.getLogger("cluster.status")  # what a long wait is waiting for
+_STATUS_EVERY_S = 3.0
+
+
+def _why(result: ProbeResult | None) -> str:
+    if result is None:
+        return "no answer yet"
+    return "refuses connections" if "refused" in result.detail.lower() else result.detail
+
+
 _ATTEMPT_TIMEOUT_S = 2.0  # one start-up probe; retried until ready_timeout_s
 _RETRY_INTERVAL_S = 0.5
 # gRPC's defaults back off up to 120 s between reconnects and 30 s between DNS lookups: a pod
@@ -91,7 +102,7 @@ class StaticBackend(WorkerBackend):
         if result.verdict is not Verdict.EXECUTOR:
             raise WorkerError(
                 f"worker {worker_id} at {worker.target} is {result.verdict.value} "
-                f"({result.detail}) after ready_timeout_s={self._options.ready_timeout_s} s; "
+                f"({result.detail}) after {self._options.timeout_name}={self._options.ready_timeout_s:g} s; "
                 f"it is run outside fedrun: restart it there (e.g. its pod or container)"
             )
         return worker
@@ -105,14 +116,30 @@ class StaticBackend(WorkerBackend):
             self._workers.clear()
 
     def _await_all_ready(self) -> None:
-        deadline = time.monotonic() + self._options.ready_timeout_s
+        """Probes every address at once; says every few seconds which it still waits for."""
+        options = self._options
+        deadline = time.monotonic() + options.ready_timeout_s
+        latest: dict[str, ProbeResult] = {}
         with concurrent.futures.ThreadPoolExecutor(len(self._channels)) as pool:
-            results = dict(
-                zip(
-                    self._channels,
-                    pool.map(lambda channel: _await_executor(channel, deadline), self._channels.values()),
-                )
-            )
+            pending = {
+                pool.submit(_await_executor, channel, deadline, latest.__setitem__, worker_id): worker_id
+                for worker_id, channel in self._channels.items()
+            }
+            results = {}
+            while pending:
+                done, _ = concurrent.futures.wait(pending, timeout=_STATUS_EVERY_S)
+                for future in done:
+                    results[pending.pop(future)] = future.result()
+                if pending:
+                    waiting = [f"{self._workers[w].target} ({_why(latest.get(w))})" for w in pending.values()]
+                    _STATUS.info(
+                        "waiting for %d of %d static workers: %s (up to %s=%g s)",
+                        len(waiting),
+                        len(self._channels),
+                        ", ".join(waiting),
+                        options.timeout_name,
+                        options.ready_timeout_s,
+                    )
         problems = [
             f"{self._workers[worker_id].target} is {result.verdict.value} ({result.detail})"
             for worker_id, result in results.items()
@@ -120,20 +147,28 @@ class StaticBackend(WorkerBackend):
         ]
         if problems:
             raise WorkerStartError(
-                f"worker address check failed within ready_timeout_s="
-                f"{self._options.ready_timeout_s} s: {'; '.join(problems)}. Check that each "
-                f"address runs `fedrun worker` (TFF's worker_binary) and is reachable from here"
+                f"worker address check failed within {options.timeout_name}={options.ready_timeout_s:g} s: "
+                f"{'; '.join(problems)}. Check that each address runs `fedrun worker` (TFF's "
+                f"worker_binary) and is reachable from here, or raise {options.timeout_name} if it is "
+                f"still starting"
             )
 
     def _channel_of(self, worker_id: str) -> grpc.Channel:
         return slot_of(self._channels, worker_id)
 
 
-def _await_executor(channel: grpc.Channel, deadline: float) -> ProbeResult:
-    """Probes until the target answers as an executor, is plainly something else, or time is up."""
+def _await_executor(
+    channel: grpc.Channel,
+    deadline: float,
+    report: Callable[[str, ProbeResult], None] = lambda key, result: None,
+    key: str = "",
+) -> ProbeResult:
+    """Probes until the target answers as an executor, is plainly something else, or time is up;
+    `report(key, result)` sees every probe's result."""
     while True:
         remaining = deadline - time.monotonic()
         result = probe_executor(channel, max(0.1, min(_ATTEMPT_TIMEOUT_S, remaining)))
+        report(key, result)
         if result.verdict is not Verdict.UNREACHABLE or remaining <= _RETRY_INTERVAL_S:
             return result
         time.sleep(_RETRY_INTERVAL_S)

@@ -26,6 +26,7 @@ class StaticWorkerOptions:
     allow_remote_workers: bool = False  # non-loopback addresses are refused unless set
     ready_timeout_s: float = 60.0  # for all addresses to answer at start(), and in replace()
     probe_timeout_s: float = 5.0  # bounds one is_alive()
+    timeout_name: str = "ready_timeout_s"  # how the user sets ready_timeout_s, for messages
 
     def __post_init__(self) -> None:
         if not self.addresses:
@@ -62,10 +63,13 @@ def from_settings(settings: ClusterSettings, log_dir: Path | None) -> StaticWork
             f"{len(addresses)}, workers is {workers.count}; pass e.g. "
             f"--workers 2 --worker-addresses host-a:8000,host-b:8000"
         )
+    from cluster.settings import flag_of  # here: the settings module imports this one
+
     return StaticWorkerOptions(
         addresses=addresses,
         allow_remote_workers=workers.allow_remote,
         ready_timeout_s=workers.start_timeout_s,
+        timeout_name=flag_of(type(workers), "start_timeout_s"),
     )
 
 

@@ -201,7 +201,7 @@ def run_bench(bench: BenchConfig, print_line: Callable[[str], None] = print) -> 
         print_line(memory_table(result["rounds_memory"]))
     result["machine"]["load_average_1m_at_end"] = os.getloadavg()[0]
     fedrun_vs = {other: result["ratios"][f"fedrun_vs_{other}"] for other in SYSTEMS if other != "fedrun"}
-    result["targets"] = targets(result["systems"], fedrun_vs, result.get("scale"))
+    result["targets"] = targets(result["systems"], fedrun_vs, result.get("scale"), bench.reference_workload)
     print_line(targets_table(result["targets"]))
     return result
 

@@ -7,7 +7,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from fedrun.config import RunConfig, add_config_flags, chosen_flags, flag_values, resolve
+from fedrun.config import BY_FLAG, RunConfig, add_config_flags, chosen_flags, flag_values, resolve
 from fedrun.errors import FedrunError
 
 SYSTEMS = ("fedrun", "tff_local", "tff_local_same_loop", "tf_loop")
@@ -68,6 +68,17 @@ class BenchConfig:
     scale_rounds: int = 3  # timed rounds per point of the scale tables, after one untimed round
     rounds_memory: int = 0  # 0: off; otherwise fedrun rounds for the long memory check
     repeat: int = 1  # comparisons run one after another; the median one is reported
+
+    @property
+    def reference_workload(self) -> bool:
+        """Whether this is the workload the targets were set for: the defaults (workers and
+        worker threads aside)."""
+        defaults = RunConfig()
+        return all(
+            self.workload.value(BY_FLAG[flag]) == defaults.value(BY_FLAG[flag])
+            for flag in WORKLOAD_FLAGS
+            if not flag.startswith("worker")
+        )
 
     def __post_init__(self) -> None:
         config = self.workload

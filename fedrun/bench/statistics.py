@@ -124,8 +124,13 @@ def agreement(weights: dict[str, list[np.ndarray]], test: dict[str, dict[str, fl
 
 
 def targets(
-    systems: dict[str, dict[str, Any]], fedrun_vs: dict[str, dict[str, float]], scale: dict[str, Any] | None
+    systems: dict[str, dict[str, Any]],
+    fedrun_vs: dict[str, dict[str, float]],
+    scale: dict[str, Any] | None,
+    judged: bool = True,
 ) -> dict[str, dict[str, Any]]:
+    """Each target's measured value and whether it was met; `met` is None where the targets do not
+    apply (`judged` False: they were set for the default workload only)."""
     fedrun, tff_local = systems["fedrun"], systems["tff_local"]
     checks = {
         f"examples_per_s_vs_{other}": (
@@ -150,7 +155,10 @@ def targets(
     if scale is not None:
         exponent = scale["clients"]["growth_exponent"]
         checks["latency_growth_exponent_in_clients"] = (exponent, "<= 1", exponent <= 1.0)
-    return {name: {"value": v, "target": t, "met": bool(m)} for name, (v, t, m) in checks.items()}
+    return {
+        name: {"value": v, "target": t, "met": bool(m) if judged else None}
+        for name, (v, t, m) in checks.items()
+    }
 
 
 def scale_row(key: dict[str, int], records: list[dict[str, Any]]) -> dict[str, Any]:

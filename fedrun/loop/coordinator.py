@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from fedrun.data.source import ClientDataSource
 
 _LOG = logging.getLogger(__name__)
+_STATUS = logging.getLogger("fedrun.status")
 
 
 class Coordinator:
@@ -100,6 +101,13 @@ class Coordinator:
             self.run_dir.rounds.keep_up_to(checkpoint.round)
             self.run_dir.clients.keep_up_to(checkpoint.round)
             self.state, done = checkpoint.state, checkpoint.round
+            _STATUS.info(
+                "resuming %s after round %d: rounds %d to %d to go",
+                self.run_dir.path,
+                done,
+                done + 1,
+                self.config.workload.rounds,
+            )
             self.clock.advance(checkpoint.clock_s)
             if self.steps.participation is not None:
                 counted = [line for line in self.run_dir.clients.read_raw() if line["outcome"] == "counted"]

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from fedrun.loop.records import RoundRecord
 _LOG = logging.getLogger(__name__)
 ROUNDS = "rounds.jsonl"
 CLIENTS = "clients.jsonl"
+WORKERS = "workers"  # the logs of the workers fedrun starts
+REPORT = "report"
+TENSORBOARD = "tb"
 CONFIG = "config.toml"
 WEIGHTS = "model_weights.npz"
 
@@ -115,8 +119,9 @@ class RunDirectory:
         self.clients = JsonLines(path / CLIENTS)  # with a system model: each selected client's round
         self.weights_file = path / WEIGHTS
 
-    def create(self) -> None:
-        """Makes the folder if needed; a FedrunError if it cannot be written to."""
+    def create(self) -> bool:
+        """Makes the folder if needed (True if it made it); a FedrunError if it cannot be written to."""
+        made = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-test"
@@ -127,6 +132,15 @@ class RunDirectory:
                 f"cannot write to output directory {self.path} ({e.strerror}): "
                 f"choose a writable --out directory"
             ) from None
+        return made
+
+    def remove_if_empty(self) -> None:
+        """After a run that failed before its first round: no empty folders left behind."""
+        for folder in (self.path / WORKERS, self.path):
+            try:
+                folder.rmdir()
+            except OSError:  # not empty, or not there: keep it
+                pass
 
     @property
     def has_checkpoint(self) -> bool:
@@ -136,10 +150,13 @@ class RunDirectory:
         write_bytes_atomically(self.path / CONFIG, config_toml(config).encode())
 
     def start_fresh(self) -> None:
-        """A new run in this directory: an empty rounds.jsonl, and no checkpoint or weights of
-        an earlier run that could be mistaken for this one's (resuming appends instead)."""
+        """A new run in this directory: an empty rounds.jsonl, and no checkpoint, weights, report
+        or TensorBoard events of an earlier run (`--overwrite`) that could be mistaken for this
+        one's (resuming appends instead). Worker logs keep earlier sessions above this one's."""
         for stale in (self.path / CHECKPOINT, self.weights_file, self.clients.path):
             stale.unlink(missing_ok=True)
+        for folder in (REPORT, TENSORBOARD):  # plots and events of a run this one replaces
+            shutil.rmtree(self.path / folder, ignore_errors=True)
         self.rounds.path.write_text("")
 
     def save_weights(self, trainable: list[np.ndarray], non_trainable: list[np.ndarray]) -> None:

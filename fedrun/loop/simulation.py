@@ -4,6 +4,8 @@ exit path. `fedrun run`, the benchmark and the tests all assemble runs with thes
 from __future__ import annotations
 
 import contextlib
+import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,8 +15,10 @@ from fedrun.config import RunConfig
 from fedrun.data.registry import SourceOptions, create_source
 from fedrun.errors import FedrunError
 from fedrun.loop.coordinator import Coordinator
-from fedrun.loop.run_dir import RunDirectory
+from fedrun.loop.run_dir import WORKERS, RunDirectory
 from fedrun.observe.observers import Observers, RunObserver
+
+_STATUS = logging.getLogger("fedrun.status")  # what a long wait is for, shown as it begins
 
 if TYPE_CHECKING:
     from fedrun.data.source import ClientDataSource
@@ -76,31 +80,45 @@ def simulate(
 ) -> None:
     """Runs the simulation described by `config` (continuing its checkpoint when `resume`),
     reporting to `observers`. Nothing in the output directory changes until the data, the
-    algorithm and the workers are ready, so a bad option never costs earlier results.
-    `should_stop` is called at every safe point (start-up, the round loop, waits on workers) and
-    raises to stop there; the workers are stopped on the way out."""
+    algorithm and the workers are ready, so a bad option never costs earlier results, and a run
+    that fails before its first round leaves no empty folder. `should_stop` is called at every
+    safe point (start-up, the round loop, waits on workers) and raises to stop there; the workers
+    are stopped on the way out."""
     from fedrun.learning.algorithm import algorithm_for  # loads TensorFlow
 
     run_dir = RunDirectory(config.output.dir)
-    run_dir.create()
     source = open_source(config)
-    events = Observers(observers)
     should_stop()
-    with started_workers(config, run_dir.path / "workers") as backend:
-        should_stop()
-        algorithm = algorithm_for(config, source)
-        should_stop()
-        runtime = runtime_over(backend, algorithm, config, should_stop)
-        try:
-            if not resume:
-                run_dir.start_fresh()
-            run_dir.write_config(config)
-            events.on_start(config, backend.workers())
+    made = run_dir.create()
+    try:
+        workers = config.workers
+        _STATUS.info("starting %d %s workers", workers.count, workers.backend)
+        started = time.monotonic()
+        with started_workers(config, run_dir.path / WORKERS) as backend:
+            should_stop()
+            _STATUS.info(
+                "workers ready in %.1f s; building the round's computations (TensorFlow)",
+                time.monotonic() - started,
+            )
+            algorithm = algorithm_for(config, source)
+            should_stop()
+            runtime = runtime_over(backend, algorithm, config, should_stop)
             try:
-                Coordinator(config, source, runtime, run_dir, events.on_round, should_stop=should_stop).run(
-                    resume
-                )
+                if not resume:
+                    run_dir.start_fresh()
+                run_dir.write_config(config)
+                events = Observers(observers)
+                events.on_start(config, backend.workers())
+                try:
+                    coordinator = Coordinator(
+                        config, source, runtime, run_dir, events.on_round, should_stop=should_stop
+                    )
+                    coordinator.run(resume)
+                finally:
+                    events.on_end()
             finally:
-                events.on_end()
-        finally:
-            runtime.close()
+                runtime.close()
+    except BaseException:
+        if made:  # a run that failed early leaves no empty folder
+            run_dir.remove_if_empty()
+        raise

@@ -14,7 +14,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from fedrun.config import RunConfig, read_config_file, resolve
 from fedrun.errors import FedrunError
-from fedrun.loop.run_dir import CONFIG, RunDirectory
+from fedrun.loop.run_dir import CONFIG, REPORT, RunDirectory
 from fedrun.observe.summary import summary_rows
 from fedrun.report.figures import (
     accuracy_by_simulated_time,
@@ -48,7 +48,7 @@ def write_report(run_dir: Path, round_num: int | None = None, out: Path | None =
             f"round {round_num} is not in {rounds.path}: choose --round between "
             f"{records[0].round} and {records[-1].round}"
         )
-    out = out or run_dir / "report"
+    out = out or run_dir / REPORT
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:

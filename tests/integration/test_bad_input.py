@@ -21,7 +21,8 @@ from tests.support.processes import fedrun
 pytestmark = pytest.mark.timeout(120)
 
 SMALL = "--rounds 1 --clients-per-round 4 --epochs 1 --population 20 --eval-clients 2".split()
-SMALL += ["--no-progress", "--no-tensorboard"]
+# Each case writes into a folder holding an earlier run, told to replace it: nothing may change.
+SMALL += ["--no-progress", "--no-tensorboard", "--overwrite"]
 EARLIER = {
     "rounds.jsonl": '{"round": 1}\n',
     "checkpoint.npz": "earlier checkpoint",

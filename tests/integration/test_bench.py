@@ -146,9 +146,8 @@ def test_rates_and_ratios_come_from_the_measured_rounds(result):
         targets["examples_per_s_vs_tf_loop"]["value"]
         == result["ratios"]["fedrun_vs_tf_loop"]["examples_per_s"]
     )
-    assert targets["examples_per_s_vs_tf_loop"]["met"] == (
-        targets["examples_per_s_vs_tf_loop"]["value"] >= 1.7
-    )
+    # The targets were set for the default workload: this tiny one is measured, not judged.
+    assert all(target["met"] is None for target in targets.values())
 
 
 def test_scale_tables(result):

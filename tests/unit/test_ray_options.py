@@ -131,6 +131,7 @@ def test_ray_config_becomes_ray_worker_options(tmp_path: Path) -> None:
             ready_timeout_s=30,
             log_dir=tmp_path / "workers",
             isolation="none",
+            timeout_name="--worker-start-timeout-s",  # messages name the flag that sets it
         ),
     )
     joined = backend_options(
