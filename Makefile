@@ -16,7 +16,7 @@ $(VENV)/.installed: requirements/lock.txt requirements/tff.txt pyproject.toml
 	touch $@
 
 run: venv
-	$(BIN)/fedrun run --workers 2 --rounds 10 --clients-per-round 32 --out runs/readme
+	$(BIN)/fedrun run --workers 2 --rounds 10 --clients-per-round 32 --out runs/readme --overwrite
 
 test: venv
 	$(BIN)/python -m pytest -q -rs

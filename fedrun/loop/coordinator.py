@@ -111,9 +111,7 @@ class Coordinator:
             self.clock.advance(checkpoint.clock_s)
             if self.steps.participation is not None:
                 counted = [line for line in self.run_dir.clients.read_raw() if line["outcome"] == "counted"]
-                self.steps.participation.add(
-                    [line["index"] for line in counted], [line["total_s"] for line in counted]
-                )
+                self.steps.participation.add(line["index"] for line in counted)
         return range(done + 1, self.config.workload.rounds + 1)
 
     def _record(
@@ -151,9 +149,7 @@ class Coordinator:
         counted = plan.counted if not simulated.abandoned else ()
         dropped = Counter(reason for reason in simulated.reasons if reason)
         if self.steps.participation is not None:
-            self.steps.participation.add(
-                plan.cohort.clients[list(counted)], [simulated.times[p].total_s for p in counted]
-            )
+            self.steps.participation.add(plan.cohort.clients[list(counted)])
         return {
             "round_s": simulated.round_s,
             "clock_s": self.clock.now(),

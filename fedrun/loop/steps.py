@@ -3,6 +3,7 @@ counts, which clock selection reads, and (with a system model) the simulated dev
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -48,31 +49,32 @@ def round_steps(config: RunConfig, source: ClientDataSource, model_bytes: int) -
     )
     policy = DevicePolicy(system, config.policy, config.workload.clients_per_round, seed)
     reference = sample_clients(seed, 0, source.population, min(_SPEED_REFERENCE_CLIENTS, source.population))
-    participation = Participation(
-        source.population, *quartile_bounds(_round_times(system, source, reference))
-    )
+    task = int(np.median([source.num_examples(int(c), TRAIN) for c in reference]))
+
+    def device_s(client: int) -> float:  # the device's time for the median client's task
+        return system.client_time(client, task).total_s
+
+    bounds = quartile_bounds(np.array([device_s(int(c)) for c in reference]))
     return RoundSteps(
         selector,
         policy,
         VirtualClock(),
         system,
-        participation,
-        speed_groups(system, source, seed, config.eval.clients),
+        Participation(source.population, device_s, *bounds),
+        speed_groups(device_s, source, seed, config.eval.clients),
     )
 
 
-def speed_groups(system: SystemModel, source: ClientDataSource, seed: int, size: int) -> dict[str, Cohort]:
+def speed_groups(
+    device_s: Callable[[int], float], source: ClientDataSource, seed: int, size: int
+) -> dict[str, Cohort]:
     """The fixed evaluation sample (eval's 'sample' group) cut into quartiles by device speed:
     speed_q1 the fastest quarter, speed_q4 the slowest."""
     if size < 4:
         return {}
     sample = sample_clients(seed, 0, source.population, min(size, source.population))
-    by_speed = sample[np.argsort(_round_times(system, source, sample), kind="stable")]
+    by_speed = sample[np.argsort([device_s(int(c)) for c in sample], kind="stable")]
     return {
         f"speed_q{q + 1}": evaluation_cohort(source, np.sort(part))
         for q, part in enumerate(np.array_split(by_speed, 4))
     }
-
-
-def _round_times(system: SystemModel, source: ClientDataSource, clients: np.ndarray) -> np.ndarray:
-    return np.array([system.client_time(int(c), source.num_examples(int(c), TRAIN)).total_s for c in clients])
