@@ -11,6 +11,7 @@ import importlib.metadata
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -112,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--out", type=Path, help="where to write the report; default: DIR/report")
     report.set_defaults(handler=run_report)
 
+    cache = commands.add_parser(
+        "cache",
+        help="list or remove the data conversions fedrun keeps for the workers",
+        description="Files (.npz, EMNIST) are converted once into a cache folder; list what is there or "
+        "remove it (a removed conversion is made again when a run needs it).",
+    )
+    cache.add_argument("action", choices=("list", "clear"), help="list the conversions, or remove them")
+    cache.add_argument("names", nargs="*", metavar="NAME", help="clear: only these (default: all)")
+    cache.add_argument("--cache-dir", default="", metavar="PATH", help=BY_FLAG["cache-dir"].describe())
+    cache.set_defaults(handler=run_cache)
+
     for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
         entry.load()(commands)  # adds its subparser, with set_defaults(handler=...)
     parser._commands = dict(commands.choices)
@@ -195,6 +207,22 @@ def run_report(args: argparse.Namespace) -> int:
     run_dir = args.dir.parent if args.dir.is_file() else args.dir  # a file in the run's folder will do
     summary = write_report(run_dir, round_num=args.round, out=args.out)
     print(f"report written: {summary}")
+    return 0
+
+
+def run_cache(args: argparse.Namespace) -> int:
+    from fedrun.data.files.store import cache_root, remove_stored, stored_sources
+
+    if args.action == "clear":
+        for name in remove_stored(args.cache_dir, args.names):
+            print(f"removed {name}")
+        return 0
+    stored = stored_sources(args.cache_dir)
+    total_mib = sum(s.bytes for s in stored) / 2**20
+    print(f"{cache_root(args.cache_dir)}: {len(stored)} conversions, {total_mib:.1f} MiB")
+    for source in stored:
+        made = time.strftime("%Y-%m-%d %H:%M", time.localtime(source.modified))
+        print(f"  {source.name}  {source.bytes / 2**20:8.1f} MiB  {made}")
     return 0
 
 

@@ -2,6 +2,7 @@
 orphaned (re-parented to init) and so is no longer this process's descendant."""
 
 import os
+import shutil
 import tempfile
 import time
 import uuid
@@ -23,6 +24,8 @@ pytest_plugins = ("tests.support.backends",)
 # Inherited by everything this test session starts, whoever its parent is by now.
 _MARKER = "FEDRUN_TEST_SESSION"
 os.environ[_MARKER] = uuid.uuid4().hex
+# Data conversions of the tests go to a cache of their own, not the user's (removed at the end).
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="fedrun-test-cache-")
 
 
 def _started_by_this_session(process: psutil.Process) -> bool:
@@ -81,15 +84,23 @@ def no_leftover_scratch_folders() -> Iterator[None]:
     from cluster.local.backend import LOG_PREFIX, SOCKETS_PREFIX
     from cluster.local.scratch import remove_orphans
 
-    def scratch() -> set[Path]:
-        return {
+    def ours() -> list[Path]:
+        found = []
+        for folder in (
             p
             for prefix in (SOCKETS_PREFIX, LOG_PREFIX)
             for p in Path(tempfile.gettempdir()).glob(f"{prefix}*")
-        }
+        ):
+            try:
+                owner = psutil.Process(int((folder / "owner").read_text().split()[0]))
+            except (OSError, ValueError, psutil.Error):
+                continue
+            if owner.pid == os.getpid() or _started_by_this_session(owner):
+                found.append(folder)
+        return found
 
-    before = scratch()
     yield
+    shutil.rmtree(os.environ["XDG_CACHE_HOME"], ignore_errors=True)
     for prefix in (SOCKETS_PREFIX, LOG_PREFIX):
         remove_orphans(prefix)
-    assert not scratch() - before, f"scratch folders left behind: {sorted(scratch() - before)}"
+    assert not ours(), f"scratch folders of this session left behind: {ours()}"

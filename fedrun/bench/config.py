@@ -88,7 +88,7 @@ class BenchConfig:
                 f"rounds must be at least 2 (round 1 warms up; latency is measured on "
                 f"the later rounds), got {w.rounds}"
             )
-        if config.eval.clients < 1:
+        if config.eval.clients == 0:
             raise ValueError(
                 "eval_clients must be at least 1: the systems' final models are "
                 "compared on the held-out clients"

@@ -108,9 +108,39 @@ class DataConfig:
     placement: str = option(
         "workers", "where client datasets are built", flag="data-placement", choices=names(DATA_PLACEMENTS)
     )
+    feature_scale: str = option(
+        "auto",
+        "files: what the features are multiplied by: auto (uint8 by 1/255, other integers by 1/their "
+        "largest magnitude, floats as they are), none, or a factor",
+        decides_result=True,
+    )
+    partition: str = option(
+        "",
+        "files: split centralized data into clients: iid:N, dirichlet:N:ALPHA (label skew) or "
+        "shards:N:S (each client S label-sorted shards); seeded by --seed",
+        decides_result=True,
+    )
+    cache_dir: str = option(
+        "",
+        "where files are converted for the workers; empty: $XDG_CACHE_HOME/fedrun or ~/.cache/fedrun",
+        unit="path",
+    )
 
     def __post_init__(self) -> None:
         _at_least_one(self, "population")
+        if self.feature_scale not in ("auto", "none"):
+            try:
+                valid = float(self.feature_scale) > 0
+            except ValueError:
+                valid = False
+            if not valid:
+                raise ValueError(
+                    f"feature_scale must be auto, none or a positive number, got {self.feature_scale!r}"
+                )
+        if self.partition:
+            from fedrun.data.files.partition import parse
+
+            parse(self.partition)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,8 +149,9 @@ class EvalConfig:
 
     every: int = option(1, "evaluate every N rounds (0: never)", flag="eval-every", unit="rounds")
     clients: int = option(
-        32,
-        "held-out clients that never train, only evaluate; also the size of the 'sample' group",
+        -1,
+        "held-out clients that never train, only evaluate (-1: 32 for generated data, a tenth of a file's "
+        "clients, none with --test-data); also the size of the 'sample' group",
         flag="eval-clients",
         decides_result=True,
     )
@@ -134,7 +165,10 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         _not_negative(self, "every", meaning_of_zero="0: never")
-        _not_negative(self, "clients", meaning_of_zero="0: none")
+        if self.clients < -1:
+            raise ValueError(
+                f"eval_clients must be -1 (the source's default), 0 (none) or a count, got {self.clients}"
+            )
         from fedrun.selection.cohort import EVAL_GROUPS
 
         groups = self.groups
@@ -151,6 +185,11 @@ class EvalConfig:
     @property
     def groups(self) -> list[str]:
         return self.on.split(",")
+
+    @property
+    def sample_size(self) -> int:
+        """The size of the fixed evaluation sample (the 'sample' group, the speed quartiles)."""
+        return self.clients if self.clients >= 0 else 32
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,9 +20,12 @@ class SourceOptions:
     data_dir: str = ""  # where file-backed sources look; "" = their usual place
     test_data: str = ""  # separate test examples for an .npz source
     population: int = 3383  # training clients of a generated source (files decide their own)
-    heldout: int = 0  # clients that never train, only evaluate
+    heldout: int = 0  # clients that never train, only evaluate; -1: the source's default
     speed_data_skew: float = 0.0  # synthetic: writers' digit mix follows device speed (see [system])
-    seed: int = 0  # the run's seed, which device speeds are drawn from
+    seed: int = 0  # the run's seed: device speeds and partitions are drawn from it
+    cache_dir: str = ""  # where converted files go; "" = the user's cache folder
+    feature_scale: str = "auto"  # files: "auto", "none" or a factor
+    partition: str = ""  # files: split centralized data into clients ("iid:N", ...)
 
 
 SOURCES = {
@@ -30,12 +33,14 @@ SOURCES = {
         "embedded stand-in for federated EMNIST digits, generated per writer",
         "fedrun.data.synthetic:open_synthetic",
     ),
-    "emnist": Entry("TFF's federated EMNIST digits, from a local copy", "fedrun.data.emnist:open_digits"),
+    "emnist": Entry(
+        "TFF's federated EMNIST digits, from a local copy", "fedrun.data.files.emnist:open_digits"
+    ),
     "emnist-full": Entry(
-        "TFF's federated EMNIST digits and letters, from a local copy", "fedrun.data.emnist:open_full"
+        "TFF's federated EMNIST digits and letters, from a local copy", "fedrun.data.files.emnist:open_full"
     ),
 }
-_FILE_SOURCE = Entry("your own .npz file", "fedrun.data.npz:open_npz")
+_FILE_SOURCE = Entry("your own .npz file", "fedrun.data.files.npz:open_npz")
 
 
 def source_entry(data: str) -> Entry:

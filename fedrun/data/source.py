@@ -21,6 +21,10 @@ class ClientDataSource(abc.ABC):
     #: Spec of one raw example: (features, label).
     element_spec: tuple[tf.TensorSpec, tf.TensorSpec]
     num_classes: int
+    #: What the features are and how they were scaled, for messages (a diverged run names it).
+    summary: str = ""
+    #: For centralized data split by --partition: the client of each of the file's examples.
+    partition: np.ndarray | None = None
 
     @property
     @abc.abstractmethod

@@ -294,4 +294,5 @@ def open_synthetic(options: SourceOptions) -> SyntheticDigits:
         def bias(client: int) -> float:  # the lognormal model's compute latent: slower -> higher digits
             return options.speed_data_skew * speed_latent(options.seed, client, "compute")
 
-    return SyntheticDigits(population=options.population, heldout=options.heldout, label_bias=bias)
+    heldout = options.heldout if options.heldout >= 0 else 32
+    return SyntheticDigits(population=options.population, heldout=heldout, label_bias=bias)

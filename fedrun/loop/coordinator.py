@@ -215,5 +215,10 @@ class Coordinator:
             raise FedrunError(
                 f"training diverged in round {record.round}: {'; '.join(problems)}. Rounds up to "
                 f"{record.round - 1} and the last finite checkpoint are kept in {self.run_dir.path}; "
-                f"lower --client-lr or --server-lr and start a new run."
+                f"lower --client-lr or --server-lr and start a new run"
+                + (
+                    f" (data: {self.source.summary}; unscaled features diverge easily: see --feature-scale)."
+                    if self.source.summary
+                    else "."
+                )
             )

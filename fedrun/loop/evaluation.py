@@ -35,6 +35,6 @@ class Evaluator:
         if not every or round_num % every:
             return None
         groups = evaluation_groups(
-            self._source, self._config.on, self._seed, self._config.clients, round_cohort.clients
+            self._source, self._config.on, self._seed, self._config.sample_size, round_cohort.clients
         )
         return self._runtime.evaluate(state, {**groups, **self._extra_groups})

@@ -10,7 +10,7 @@ import os
 import shutil
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,11 +20,16 @@ from fedrun.errors import FedrunError
 from fedrun.loop.checkpoint import CHECKPOINT
 from fedrun.loop.records import RoundRecord
 
+if TYPE_CHECKING:
+    from fedrun.data.source import ClientDataSource
+
 _LOG = logging.getLogger(__name__)
 ROUNDS = "rounds.jsonl"
 CLIENTS = "clients.jsonl"
 WORKERS = "workers"  # the logs of the workers fedrun starts
 REPORT = "report"
+LABEL_MIX = "label_mix.json"  # a few training clients' label counts
+PARTITION = "partition.npz"  # with --partition: the client of each of the file's examples
 TENSORBOARD = "tb"
 CONFIG = "config.toml"
 WEIGHTS = "model_weights.npz"
@@ -153,11 +158,28 @@ class RunDirectory:
         """A new run in this directory: an empty rounds.jsonl, and no checkpoint, weights, report
         or TensorBoard events of an earlier run (`--overwrite`) that could be mistaken for this
         one's (resuming appends instead). Worker logs keep earlier sessions above this one's."""
-        for stale in (self.path / CHECKPOINT, self.weights_file, self.clients.path):
+        for stale in (
+            self.path / CHECKPOINT,
+            self.weights_file,
+            self.clients.path,
+            self.path / LABEL_MIX,
+            self.path / PARTITION,
+        ):
             stale.unlink(missing_ok=True)
         for folder in (REPORT, TENSORBOARD):  # plots and events of a run this one replaces
             shutil.rmtree(self.path / folder, ignore_errors=True)
         self.rounds.path.write_text("")
+
+    def write_data_description(self, source: ClientDataSource) -> None:
+        """What the clients' data looks like, for the report and for reuse: the label mix of a few
+        training clients, and the partition when this run split centralized data into clients."""
+        from fedrun.data.description import label_mix  # reads examples with TensorFlow
+
+        write_bytes_atomically(self.path / LABEL_MIX, json.dumps(label_mix(source)).encode())
+        if source.partition is not None:
+            buffer = io.BytesIO()
+            np.savez(buffer, client=source.partition)
+            write_bytes_atomically(self.path / PARTITION, buffer.getvalue())
 
     def save_weights(self, trainable: list[np.ndarray], non_trainable: list[np.ndarray]) -> None:
         arrays = {f"trainable_{i}": np.asarray(w) for i, w in enumerate(trainable)}

@@ -38,6 +38,9 @@ def open_source(config: RunConfig) -> ClientDataSource:
             heldout=config.eval.clients,
             speed_data_skew=config.system.speed_data_skew,
             seed=config.workload.seed,
+            cache_dir=data.cache_dir,
+            feature_scale=data.feature_scale,
+            partition=data.partition,
         )
     )
     if config.clients_selected > source.population:
@@ -70,6 +73,14 @@ def runtime_over(
     return RoundRuntime.over(
         backend, algorithm, config.num_shards, dispatch.rpc_timeout_s, dispatch.recycle_every, should_stop
     )
+
+
+def recorded(config: RunConfig, source: ClientDataSource) -> RunConfig:
+    """The configuration as config.toml keeps it: with the feature scale a file source chose."""
+    scale = getattr(source, "scale", "auto")
+    if config.data.feature_scale != "auto" or scale == "auto":
+        return config
+    return config.replace(data={"feature_scale": "none" if scale is None else repr(scale)})
 
 
 def simulate(
@@ -106,7 +117,8 @@ def simulate(
             try:
                 if not resume:
                     run_dir.start_fresh()
-                run_dir.write_config(config)
+                    run_dir.write_data_description(source)
+                run_dir.write_config(recorded(config, source))
                 events = Observers(observers)
                 events.on_start(config, backend.workers())
                 try:

@@ -61,7 +61,7 @@ def round_steps(config: RunConfig, source: ClientDataSource, model_bytes: int) -
         VirtualClock(),
         system,
         Participation(source.population, device_s, *bounds),
-        speed_groups(device_s, source, seed, config.eval.clients),
+        speed_groups(device_s, source, seed, config.eval.sample_size),
     )
 
 

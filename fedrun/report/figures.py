@@ -249,3 +249,22 @@ def participation_histogram(counts: Sequence[int], population: int) -> Figure:
     )
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     return figure
+
+
+def label_mix(mix: dict) -> Figure:
+    """How many examples of each label a sample of training clients holds: non-IID data shows as
+    rows that differ."""
+    counts = np.array(mix["labels"], float)
+    figure = Figure(figsize=(11, max(3.0, 0.18 * len(counts) + 1.5)), dpi=110, layout="constrained")
+    ax = figure.subplots()
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    image = ax.imshow(shares, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set(
+        xlabel="label",
+        ylabel="client",
+        title=f"Label mix of {len(counts)} training clients (share of each client's examples)",
+    )
+    ax.set_xticks(range(counts.shape[1]))
+    ax.set_yticks(range(len(counts)), mix["clients"], fontsize=6)
+    figure.colorbar(image, ax=ax, label="share of the client's examples")
+    return figure

@@ -6,6 +6,7 @@ coordinator appends rounds: a last line still being written is skipped with a wa
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from pathlib import Path
@@ -14,12 +15,13 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from fedrun.config import RunConfig, read_config_file, resolve
 from fedrun.errors import FedrunError
-from fedrun.loop.run_dir import CONFIG, REPORT, RunDirectory
+from fedrun.loop.run_dir import CONFIG, LABEL_MIX, REPORT, RunDirectory
 from fedrun.observe.summary import summary_rows
 from fedrun.report.figures import (
     accuracy_by_simulated_time,
     dropped_clients,
     gantt,
+    label_mix,
     latency_cdf,
     latency_per_round,
     learning_curves,
@@ -81,6 +83,9 @@ def write_report(run_dir: Path, round_num: int | None = None, out: Path | None =
             plots["participation.png"] = participation_histogram(
                 list(counts.values()), participation["population"]
             )
+    mix_file = run_dir / LABEL_MIX
+    if mix_file.exists():
+        plots["label_mix.png"] = label_mix(json.loads(mix_file.read_text()))
     for name, figure in plots.items():
         FigureCanvasAgg(figure).print_png(out / name)
 

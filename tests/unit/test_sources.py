@@ -8,6 +8,7 @@ import re
 import sqlite3
 import time
 import tracemalloc
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -96,25 +97,27 @@ def test_npz_integer_client_ids_and_any_feature_shape(tmp_path):
 
 def test_npz_conversion_is_cached_until_the_file_changes(tmp_path):
     path = write_npz(tmp_path / "d.npz", clients=2, per_client=5)
-    first = create_source(SourceOptions(data=str(path))).store
-    written = first.stat().st_mtime_ns
-    assert create_source(SourceOptions(data=str(path))).store == first
-    assert first.stat().st_mtime_ns == written  # not converted again
+    first = create_source(SourceOptions(data=str(path))).folder
+    written = (first / "meta.json").stat().st_mtime_ns
+    assert create_source(SourceOptions(data=str(path))).folder == first
+    assert (first / "meta.json").stat().st_mtime_ns == written  # not converted again
     write_npz(path, clients=3, per_client=5)
     os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
     changed = create_source(SourceOptions(data=str(path)))
-    assert changed.store != first and changed.population == 3
+    assert changed.folder != first and changed.population == 3
 
 
-def test_converted_file_is_tffs_own_client_data_format(npz_file):
-    source = create_source(SourceOptions(data=str(npz_file)))
-    spec = {"x": tf.TensorSpec([28, 28], tf.float32), "y": tf.TensorSpec([], tf.int64)}
-    tff_data = tff.simulation.datasets.load_and_parse_sql_client_data(
-        str(source.store), spec, split_name="test"
-    )
-    assert sorted(tff_data.client_ids) == [f"writer-{c}" for c in range(6)]
-    labels = [int(e["y"]) for e in tff_data.create_tf_dataset_for_client("writer-3")]
-    assert labels == list(examples(source, by_name(source, "writer-3"), TEST)[1])
+def test_a_client_is_one_file_of_its_features_in_their_own_dtype_then_its_labels(tmp_path):
+    x = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(8, 3)
+    path = tmp_path / "bytes.npz"
+    np.savez(path, x=x, y=np.arange(8) % 2, client=np.array([0, 0, 0, 0, 0, 1, 1, 1]))
+    source = create_source(SourceOptions(data=str(path), feature_scale="none"))
+    key = source.client_key(by_name(source, "0"), TRAIN)
+    raw = (source.folder / key.split(":")[0]).read_bytes()
+    assert raw == x[:4].tobytes() + np.array([0, 1, 0, 1], np.int32).tobytes()  # 4 train rows of 5
+    assert source.folder.is_relative_to(Path(os.environ["XDG_CACHE_HOME"]) / "fedrun")
+    features, labels = examples(source, by_name(source, "0"), TRAIN)
+    np.testing.assert_array_equal(features, x[:4].astype(np.float32))
 
 
 def npz_error(tmp_path, name="bad.npz", test_data="", **arrays):
@@ -181,10 +184,15 @@ def test_npz_test_file_with_other_feature_shape(tmp_path):
     assert "examples have shape (4,) but those in" in npz_error(tmp_path, test_data=str(test), **GOOD)
 
 
-def test_npz_test_client_without_training_examples(tmp_path):
-    test = tmp_path / "test.npz"
-    np.savez(test, x=np.zeros((1, 3)), y=np.array([1]), client=np.array([7]))
-    assert "client(s) 7 have no examples in" in npz_error(tmp_path, test_data=str(test), **GOOD)
+def test_npz_test_clients_without_training_examples_are_held_out_and_evaluated(tmp_path):
+    train, test = tmp_path / "train.npz", tmp_path / "test.npz"
+    np.savez(train, **GOOD)
+    np.savez(test, x=np.zeros((3, 3)), y=np.array([1, 0, 1]), client=np.array([7, 7, 0]))
+    source = create_source(SourceOptions(data=str(train), test_data=str(test)))
+    assert source.population == 2  # with a test file, no training client is held out by default
+    (stranger,) = source.heldout_clients()
+    assert source.client_name(stranger) == "7"
+    assert (source.num_examples(stranger, TRAIN), source.num_examples(stranger, TEST)) == (0, 2)
 
 
 def test_too_many_heldout_clients(npz_file):
@@ -225,7 +233,7 @@ def test_emnist_from_tff_087s_sqlite_file(tmp_path):
     # The fixture is TFF's format: TFF's own reader parses it.
     assert len(tff.simulation.datasets.SqlClientData(str(path), "digits_only_train").client_ids) == 5
     source = create_source(SourceOptions(data="emnist", data_dir=str(tmp_path)))
-    assert source.store == path  # read in place, nothing converted
+    assert source.folder.name.startswith("emnist_all.sqlite.")  # converted once, into the cache
     pixels, labels = examples(source, by_name(source, "f0002_00"), TEST)
     expected_x, expected_y = writer_examples(2, 3, 1)
     np.testing.assert_allclose(pixels, 1.0 - expected_x)
@@ -299,7 +307,7 @@ def test_emnist_corrupt_h5(tmp_path):
         create_source(SourceOptions(data="emnist", data_dir=str(tmp_path)))
 
 
-def test_sqlite_file_with_clients_rows_scattered(tmp_path):
+def test_sqlite_file_with_a_clients_rows_scattered_keeps_them_in_row_order(tmp_path):
     path = tmp_path / "emnist_all.sqlite"
     with sqlite3.connect(path) as db:
         db.execute("CREATE TABLE examples (split_name TEXT, client_id TEXT, serialized_example_proto BLOB)")
@@ -310,8 +318,8 @@ def test_sqlite_file_with_clients_rows_scattered(tmp_path):
                 "INSERT INTO examples VALUES ('digits_only_train', ?, ?)", (client, emnist_example(pixels, 1))
             )
     db.close()
-    with pytest.raises(FedrunError, match="client\\(s\\) a are not stored in one run of rows"):
-        create_source(SourceOptions(data="emnist", data_dir=str(tmp_path)))
+    source = create_source(SourceOptions(data="emnist", data_dir=str(tmp_path), heldout=0))
+    assert source.num_examples(by_name(source, "a"), TRAIN) == 2 and source.population == 2
 
 
 def test_sqlite_file_that_is_not_client_data(tmp_path):
