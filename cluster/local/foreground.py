@@ -60,10 +60,13 @@ def run_foreground_worker(port: int, options: LocalWorkerOptions) -> int:
 
 def _check_port_free(port: int) -> None:
     """The binary silently shares a port another process holds (SO_REUSEPORT): a second worker
-    on a taken port would split the coordinator's calls between them. Bind it first, without."""
+    on a taken port would split the coordinator's calls between them. Bind it first, without
+    SO_REUSEPORT; SO_REUSEADDR lets connections of a worker that just stopped (TIME_WAIT) pass,
+    as a restart at the same address must, while a listener still makes the bind fail."""
     for family, address in ((socket.AF_INET6, "::"), (socket.AF_INET, "0.0.0.0")):
         try:
             with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind((address, port))
         except OSError as error:
             if error.errno == errno.EADDRINUSE:

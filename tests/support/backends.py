@@ -58,7 +58,8 @@ def start_fedrun_worker(port: int, stderr=subprocess.DEVNULL) -> subprocess.Pope
         text=True,
         env=env_with_repo_on_path(),
     )
-    assert grpc_ready(f"127.0.0.1:{port}"), "fedrun worker did not start"
+    ready = grpc_ready(f"127.0.0.1:{port}")
+    assert ready, f"fedrun worker did not start on port {port} (exit status {worker.poll()})"
     return worker
 
 
