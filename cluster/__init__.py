@@ -3,7 +3,7 @@
 Knows nothing of federated learning; the coordinator only dials `Worker.target`.
 """
 
-from cluster.backend import Capabilities, Worker, WorkerBackend
+from cluster.backend import Capabilities, Slowdown, Worker, WorkerBackend
 from cluster.errors import UserError, WorkerError, WorkerStartError
 from cluster.local.backend import LocalProcessBackend
 from cluster.local.binary import find_worker_binary
@@ -19,6 +19,7 @@ __all__ = [
     "LocalProcessBackend",
     "LocalWorkerOptions",
     "RaySettings",
+    "Slowdown",
     "UserError",
     "Worker",
     "WorkerBackend",

@@ -34,6 +34,14 @@ class Capabilities:
     starts_workers: bool
 
 
+@dataclasses.dataclass(frozen=True)
+class Slowdown:
+    """A worker slowed down for real, for straggler experiments (cluster.local.throttle)."""
+
+    factor: float
+    mechanism: str  # what slows it, e.g. "cgroup v1 cpu.cfs_quota_us at 0.25 CPUs"
+
+
 class WorkerBackend(abc.ABC):
     """Starts, watches and stops the workers of one federated run."""
 
@@ -58,6 +66,10 @@ class WorkerBackend(abc.ABC):
     @abc.abstractmethod
     def replace(self, worker_id: str) -> Worker:
         """Stops the slot's worker if needed and starts a fresh one under the same worker_id."""
+
+    def slowdowns(self) -> dict[str, Slowdown]:
+        """The workers slowed down on purpose, by worker id; none unless the options ask."""
+        return {}
 
     @abc.abstractmethod
     def stop(self) -> None:

@@ -12,7 +12,7 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-from cluster.local.options import ISOLATIONS
+from cluster.local.options import ISOLATIONS, SLOW_MECHANISMS
 from cluster.ray.options import PLACEMENT_STRATEGIES
 
 
@@ -104,10 +104,57 @@ class WorkerSettings:
         "any TensorFlow graph for whoever reaches it)",
         flag="allow-remote-workers",
     )
+    slow: str = setting(
+        "",
+        "slow these workers down for real, ID:FACTOR,... (local-1:4 runs local-1 at a quarter of "
+        "its speed); for straggler experiments",
+        flag="slow-worker",
+    )
+    slow_mechanism: str = setting(
+        "auto",
+        "how a slow worker is slowed: a cgroup CPU cap (cgroup), SIGSTOP/SIGCONT in turn "
+        "(duty-cycle), or the cgroup where this user may make one (auto)",
+        flag="slow-worker-mechanism",
+        choices=SLOW_MECHANISMS,
+    )
 
     def __post_init__(self) -> None:
         if self.count < 1:
             raise ValueError(f"workers must be at least 1, got {self.count}")
+        self.slow_workers  # noqa: B018  (checks the format)
+
+    @property
+    def slow_workers(self) -> dict[str, float]:
+        """`slow` as worker id -> factor."""
+        slow: dict[str, float] = {}
+        for item in (part.strip() for part in self.slow.split(",")):
+            if not item:
+                continue
+            worker_id, _, factor = item.rpartition(":")
+            try:
+                value = float(factor)
+            except ValueError:
+                value = 0.0
+            if not worker_id or not value > 1 or value == float("inf"):
+                raise ValueError(
+                    f"--slow-worker: {item!r} is not ID:FACTOR with a factor above 1; write "
+                    f"e.g. --slow-worker local-1:4"
+                )
+            if worker_id in slow:
+                raise ValueError(f"--slow-worker names {worker_id!r} twice; give each worker once")
+            slow[worker_id] = value
+        return slow
+
+    def check_slow_ids(self, prefix: str) -> dict[str, float]:
+        """The slow workers, each one of this backend's ids PREFIX-0 .. PREFIX-(count-1)."""
+        ids = [f"{prefix}-{i}" for i in range(self.count)]
+        unknown = sorted(set(self.slow_workers) - set(ids))
+        if unknown:
+            raise ValueError(
+                f"--slow-worker names {', '.join(unknown)}, which this run does not have: its "
+                f"workers are {', '.join(ids)}"
+            )
+        return self.slow_workers
 
     @property
     def address_list(self) -> tuple[str, ...]:

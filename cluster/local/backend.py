@@ -18,7 +18,7 @@ from typing import TypeVar
 
 import grpc
 
-from cluster.backend import Worker, WorkerBackend, slot_of
+from cluster.backend import Slowdown, Worker, WorkerBackend, slot_of
 from cluster.errors import WorkerError, WorkerStartError
 from cluster.local import scratch
 from cluster.local.binary import find_worker_binary
@@ -26,8 +26,10 @@ from cluster.local.netns import namespaces_unavailable, unshare_command
 from cluster.local.options import LocalWorkerOptions
 from cluster.local.ports import listening_ports
 from cluster.local.spawner import Spawner
+from cluster.local.throttle import Throttle, throttle
 
 _LOG = logging.getLogger(__name__)
+_STATUS = logging.getLogger("cluster.status")  # what a person running an experiment should see
 SOCKETS_PREFIX = "fedrun-sockets-"
 LOG_PREFIX = "fedrun-workers-"
 _POLL_INTERVAL_S = 0.05
@@ -74,6 +76,8 @@ class LocalProcessBackend(WorkerBackend):
         self._private_log_dir = False
         self._socket_dir: Path | None = None  # set when workers are isolated
         self._launches = 0
+        self._throttles: dict[str, Throttle] = {}  # the slowed workers' current processes
+        self._cpu_share = 0.0  # CPUs each worker would have unslowed
 
     def start(self, num_workers: int) -> list[Worker]:
         if num_workers < 1:
@@ -83,12 +87,14 @@ class LocalProcessBackend(WorkerBackend):
                 raise WorkerError("this backend already runs workers; call stop() first")
             try:
                 self._prepare(find_worker_binary(self._options.binary))
+                self._cpu_share = self._options.cpu_share or len(os.sched_getaffinity(0)) / num_workers
                 # All processes start at once, so waiting on them in turn costs the slowest one.
                 launched = [self._launch(f"local-{index}") for index in range(num_workers)]
                 deadline = time.monotonic() + self._options.ready_timeout_s
                 for worker_process in launched:
                     worker = self._await_ready(worker_process, deadline)
                     self._workers[worker.worker_id] = worker
+                    self._slow_down(worker_process)
             except BaseException:
                 self.stop()
                 raise
@@ -104,19 +110,32 @@ class LocalProcessBackend(WorkerBackend):
 
     def replace(self, worker_id: str) -> Worker:
         with self._lock:
-            _stop_processes([self._process_of(worker_id).process])
+            old = self._process_of(worker_id)
+            self._release(worker_id)
+            _stop_processes([old.process])
             worker_process = self._launch(worker_id)
             deadline = time.monotonic() + self._options.ready_timeout_s
             try:
                 worker = self._await_ready(worker_process, deadline)
+                self._slow_down(worker_process)
             except BaseException:
+                self._release(worker_id)
                 _stop_processes([worker_process.process])
                 raise
             self._workers[worker_id] = worker
             return worker
 
+    def slowdowns(self) -> dict[str, Slowdown]:
+        with self._lock:
+            return {
+                worker_id: Slowdown(self._options.slow[worker_id], held.mechanism)
+                for worker_id, held in self._throttles.items()
+            }
+
     def stop(self) -> None:
         with self._lock:
+            for worker_id in list(self._throttles):  # a stopped process would not see SIGTERM
+                self._release(worker_id)
             _stop_processes(p.process for p in self._processes.values())
             self._processes.clear()
             self._workers.clear()
@@ -235,6 +254,24 @@ class LocalProcessBackend(WorkerBackend):
             worker_process.log_path,
         )
         return Worker(worker_process.worker_id, target)
+
+    def _slow_down(self, worker_process: _WorkerProcess) -> None:
+        """Throttles a ready worker's process group if the options slow its slot down."""
+        factor = self._options.slow.get(worker_process.worker_id)
+        if factor is not None:
+            self._throttles[worker_process.worker_id] = held = throttle(
+                self._options.slow_mechanism,
+                worker_process.worker_id,
+                worker_process.process.pid,  # the group leader: the binary runs in its group
+                factor,
+                self._cpu_share,
+            )
+            _STATUS.info("worker %s slowed %g times: %s", worker_process.worker_id, factor, held.mechanism)
+
+    def _release(self, worker_id: str) -> None:
+        held = self._throttles.pop(worker_id, None)
+        if held is not None:
+            held.release()
 
     def _poll_until(
         self,

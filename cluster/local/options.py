@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -18,6 +19,7 @@ if TYPE_CHECKING:
 
 
 ISOLATIONS = ("auto", "netns", "none")
+SLOW_MECHANISMS = ("auto", "cgroup", "duty-cycle")  # cluster.local.throttle
 _MAX_GRPC_MESSAGE_MB = 2047  # gRPC message sizes are 32-bit byte counts
 
 
@@ -39,8 +41,20 @@ class LocalWorkerOptions:
     # "none": the binary's port is open on every interface; "auto": netns where `unshare` works.
     isolation: Literal["auto", "netns", "none"] = "auto"
     timeout_name: str = "ready_timeout_s"  # how the user sets ready_timeout_s, for messages
+    # Workers slowed down for real (cluster.local.throttle), by id, with the factor; how; and the
+    # CPUs each would have unslowed, which a cgroup's cap divides (0: this machine's CPUs shared
+    # by the workers this backend starts).
+    slow: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    slow_mechanism: str = "auto"
+    cpu_share: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.slow_mechanism not in SLOW_MECHANISMS:
+            raise ValueError(
+                f"slow_mechanism must be one of {', '.join(SLOW_MECHANISMS)}; got {self.slow_mechanism!r}"
+            )
+        if any(not factor > 1 for factor in self.slow.values()):
+            raise ValueError(f"slow-down factors must be above 1; got {dict(self.slow)}")
         if self.isolation not in ISOLATIONS:
             raise ValueError(f"isolation must be one of {', '.join(ISOLATIONS)}; got {self.isolation!r}")
         calls = self.max_concurrent_computation_calls
@@ -95,7 +109,10 @@ class LocalWorkerOptions:
 
 def from_settings(settings: ClusterSettings, log_dir: Path | None) -> LocalWorkerOptions:
     """The local backend's options; worker logs go to `log_dir` (None: a private folder)."""
-    return process_options(settings.workers, log_dir, settings.workers.isolation)
+    workers = settings.workers
+    return dataclasses.replace(
+        process_options(workers, log_dir, workers.isolation), slow=workers.check_slow_ids("local")
+    )
 
 
 def process_options(workers: WorkerSettings, log_dir: Path | None, isolation: str) -> LocalWorkerOptions:
@@ -111,4 +128,5 @@ def process_options(workers: WorkerSettings, log_dir: Path | None, isolation: st
         timeout_name=flag_of(type(workers), "start_timeout_s"),
         log_dir=log_dir,
         isolation=isolation,  # type: ignore[arg-type]  # checked in __post_init__
+        slow_mechanism=workers.slow_mechanism,
     )

@@ -52,6 +52,11 @@ class WorkerActor:
             host = f"[{host}]"
         return f"{host}:{port}"
 
+    def slowdown(self) -> str | None:
+        """How the binary is slowed down (cluster.local.throttle), if it is."""
+        slowed = self._processes.slowdowns().get(_PROCESS_ID)
+        return slowed.mechanism if slowed else None
+
     @ray.method(concurrency_group=_EXIT_GROUP)
     def wait_for_exit(self) -> None:
         """Returns once the binary has exited: until then the caller's reference stays pending."""

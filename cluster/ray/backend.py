@@ -22,7 +22,7 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from cluster.backend import Worker, WorkerBackend, slot_of
+from cluster.backend import Slowdown, Worker, WorkerBackend, slot_of
 from cluster.errors import WorkerError, WorkerStartError
 from cluster.ray.actor import WorkerActor
 from cluster.ray.options import RayWorkerOptions, capacity_shortfall
@@ -45,6 +45,7 @@ class _Slot:
     actor: ray.actor.ActorHandle
     worker: Worker
     exited: ray.ObjectRef  # ready once the binary exits or the actor dies, for whatever reason
+    slowdown: Slowdown | None  # how its binary is slowed on purpose, if it is
 
 
 class RayBackend(WorkerBackend):
@@ -122,6 +123,10 @@ class RayBackend(WorkerBackend):
                 self._starting.remove(actor)
                 raise
             return self._slots[worker_id].worker
+
+    def slowdowns(self) -> dict[str, Slowdown]:
+        with self._lock:
+            return {worker_id: slot.slowdown for worker_id, slot in self._slots.items() if slot.slowdown}
 
     def stop(self) -> None:
         with self._lock:
@@ -213,7 +218,7 @@ class RayBackend(WorkerBackend):
             scheduling_strategy=PlacementGroupSchedulingStrategy(
                 self._placement_group, placement_group_bundle_index=bundle_index
             ),
-        ).remote(worker_id, options.process)
+        ).remote(worker_id, options.actor_process(worker_id))
         self._starting.append(actor)
         return actor, actor.start.remote()
 
@@ -244,7 +249,11 @@ class RayBackend(WorkerBackend):
                 f"fedrun and tensorflow_federated installed in the Python that Ray runs"
             ) from None
         _await_reachable(worker_id, target, deadline, self._options.process.within)
-        slot = _Slot(bundle_index, actor, Worker(worker_id, target), actor.wait_for_exit.remote())
+        slowdown = None
+        if worker_id in self._options.slow:
+            mechanism = ray.get(actor.slowdown.remote(), timeout=max(1.0, deadline - time.monotonic()))
+            slowdown = Slowdown(self._options.slow[worker_id], f"{mechanism} on the worker's Ray node")
+        slot = _Slot(bundle_index, actor, Worker(worker_id, target), actor.wait_for_exit.remote(), slowdown)
         self._starting.remove(actor)
         _LOG.info("worker %s ready at %s", worker_id, target)
         return slot

@@ -37,6 +37,7 @@ class RayWorkerOptions:
     # How each actor starts its worker_binary on its node; ready_timeout_s bounds the whole start,
     # placement included. The coordinator dials workers over the network, so no isolation.
     process: LocalWorkerOptions = LocalWorkerOptions(isolation="none")
+    slow: Mapping[str, float] = dataclasses.field(default_factory=dict)  # by Ray worker id: factor
 
     def __post_init__(self) -> None:
         if self.placement_strategy not in PLACEMENT_STRATEGIES:
@@ -54,11 +55,23 @@ class RayWorkerOptions:
                 raise ValueError(f"custom resources need a name and a positive amount; got {name!r}={amount}")
         if not any(self.bundle.values()):
             raise ValueError("a worker must reserve something: set cpus, gpus or resources")
+        if self.process.slow:
+            raise ValueError("Ray workers are slowed with slow (by Ray worker id), not process.slow")
         if self.process.isolation != "none":
             raise ValueError(
                 f"Ray workers are dialled over the network, so process.isolation must be "
                 f"'none'; got {self.process.isolation!r}"
             )
+
+    def actor_process(self, worker_id: str) -> LocalWorkerOptions:
+        """How one actor starts its binary: slowed if the worker is, its cgroup cap divided from
+        the CPUs it reserves."""
+        if worker_id not in self.slow:
+            return self.process
+        # The actor's own backend calls its one worker local-0.
+        return dataclasses.replace(
+            self.process, slow={"local-0": self.slow[worker_id]}, cpu_share=self.cpus or 1.0
+        )
 
     @property
     def bundle(self) -> dict[str, float]:
@@ -83,6 +96,7 @@ def from_settings(settings: ClusterSettings, log_dir: Path | None) -> RayWorkerO
         resources=parse_resources(ray.resources),
         placement_strategy=ray.placement_strategy,
         process=process_options(settings.workers, None if ray.address else log_dir, "none"),
+        slow=settings.workers.check_slow_ids("ray"),
     )
 
 

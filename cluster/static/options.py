@@ -63,6 +63,11 @@ def from_settings(settings: ClusterSettings, log_dir: Path | None) -> StaticWork
             f"{len(addresses)}, workers is {workers.count}; pass e.g. "
             f"--workers 2 --worker-addresses host-a:8000,host-b:8000"
         )
+    if workers.slow_workers:
+        raise ValueError(
+            "--slow-worker slows down workers fedrun starts (the local and ray backends); the static "
+            "backend's workers run elsewhere: throttle them where they run (e.g. a pod's CPU limit)"
+        )
     from cluster.settings import flag_of  # here: the settings module imports this one
 
     return StaticWorkerOptions(

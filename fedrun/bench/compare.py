@@ -3,8 +3,10 @@ plain single-process TensorFlow loop, side by side in one invocation.
 
 TFF's local context runs twice: as the tutorial builds FedAvg (TFF's default client loop,
 `dataset.reduce`), and with fedrun's client loop, so a reader can tell how much of fedrun's lead
-comes from the loop and how much from the runtime. Each system runs in a process of its own (so
-CPU time and memory are those of its own process tree, workers included) and the parent
+comes from the loop and how much from the runtime; fedrun runs twice too, with and without
+timing each client on its worker, which tells what the timing costs. Each system runs in a
+process of its own (so CPU time and memory are those of its own process tree, workers included)
+and the parent
 interleaves them round by round, rotating the order, so a machine whose speed drifts slows all
 alike. All train the same clients with the same shuffle seeds from the same dataset computation;
 the run checks that they end with the same model.
@@ -34,7 +36,14 @@ from fedrun.bench.statistics import (
     time_split,
 )
 from fedrun.bench.systems import build_and_start, system_processes
-from fedrun.bench.tables import comparison_table, memory_table, repeats_table, scale_tables, targets_table
+from fedrun.bench.tables import (
+    comparison_table,
+    memory_table,
+    repeats_table,
+    scale_tables,
+    stragglers_table,
+    targets_table,
+)
 from fedrun.config import BY_FLAG, RunConfig
 from fedrun.stopping import STOP
 
@@ -45,6 +54,7 @@ def compare(bench: BenchConfig) -> dict[str, Any]:
     workload = config.workload
     specs = {
         "fedrun": ("fedrun", config),
+        "fedrun_untimed": ("fedrun", config.replace(observe={"client_timing": False})),
         "tff_local": ("tff_local", config.replace(workload={"client_loop": "reduce"})),
         "tff_local_same_loop": ("tff_local", config),
         "tf_loop": ("tf_loop", config),
@@ -117,6 +127,66 @@ def scale(bench: BenchConfig) -> dict[str, Any]:
             "linear_fit": {"fixed_s": float(intercept), "per_client_s": float(slope)},
         },
         "workers": {"clients_per_round": workload.clients_per_round, "rows": workers_rows},
+    }
+
+
+def stragglers(bench: BenchConfig) -> dict[str, Any]:
+    """Round latency with the last worker slowed `slow_factor` times (for real: cluster.local.
+    throttle) under each mitigation, beside the same pool with no straggler; rounds interleaved.
+    Every variant trains the same clients, so all must end with the same model."""
+    config = bench.workload
+    slow = f"local-{config.workers.count - 1}:{bench.slow_factor:g}"
+    slowed = config.replace(workers={"slow": slow})
+    specs = {
+        name: ("fedrun", variant)
+        for name, variant in {
+            "no straggler": config,
+            "slowed, no mitigation": slowed,
+            "slowed, 4 shards per worker": slowed.replace(dispatch={"shards": 4 * config.workers.count}),
+            "slowed, speculative copies": slowed.replace(dispatch={"speculate": True}),
+            "slowed, speed-sized shards": slowed.replace(dispatch={"shard_sizing": "speed"}),
+        }.items()
+    }
+    clients = config.workload.clients_per_round
+    with PeakMemorySampler() as sampler, system_processes(specs, sampler) as children:
+        build_and_start(children)
+        next_round = dict.fromkeys(children, 1)
+
+        def run(name: str, k: int) -> dict[str, Any]:
+            STOP.check()
+            record = children[name].round(next_round[name], k)
+            next_round[name] += 1
+            return record
+
+        points = [(name, clients) for name in specs]
+        by_variant = _interleaved(points, config.workload.rounds, run)
+        weights = {name: children[name].call("weights") for name in specs}
+    baseline = "no straggler"
+    rows = []
+    for name in specs:
+        records = by_variant[(name, clients)]
+        latencies = [r["latency_s"] for r in records]
+        rows.append(
+            {
+                "variant": name,
+                "round_latency_median_s": float(np.median(latencies)),
+                "round_latency_p95_s": float(np.percentile(latencies, 95)),
+                "copies": sum(r["copies"] for r in records),
+                "copy_wins": sum(r["copy_wins"] for r in records),
+                "max_weight_diff_vs_no_straggler": max(
+                    float(np.max(np.abs(a - b))) for a, b in zip(weights[name], weights[baseline])
+                ),
+                "latencies_s": latencies,
+            }
+        )
+    for row in rows:
+        row["median_vs_no_straggler"] = row["round_latency_median_s"] / rows[0]["round_latency_median_s"]
+    mechanisms = sorted({m for r in by_variant[(rows[1]["variant"], clients)] for m in r["slowed"].values()})
+    return {
+        "slow_worker": slow,
+        "mechanism": ", ".join(mechanisms),
+        "rounds": config.workload.rounds,
+        "rows": rows,
     }
 
 
@@ -196,6 +266,9 @@ def run_bench(bench: BenchConfig, print_line: Callable[[str], None] = print) -> 
     if bench.scale:
         result["scale"] = scale(bench)
         print_line(scale_tables(result["scale"]))
+    if bench.stragglers:
+        result["stragglers"] = stragglers(bench)
+        print_line(stragglers_table(result["stragglers"]))
     if bench.rounds_memory:
         result["rounds_memory"] = rounds_memory(bench, print_line)
         print_line(memory_table(result["rounds_memory"]))

@@ -10,9 +10,11 @@ from pathlib import Path
 from fedrun.config import BY_FLAG, RunConfig, add_config_flags, chosen_flags, flag_values, resolve
 from fedrun.errors import FedrunError
 
-SYSTEMS = ("fedrun", "tff_local", "tff_local_same_loop", "tf_loop")
+SYSTEMS = ("fedrun", "fedrun_untimed", "tff_local", "tff_local_same_loop", "tf_loop")
+PEERS = ("tff_local", "tff_local_same_loop", "tf_loop")  # what fedrun's speed targets are against
 LABELS = {
     "fedrun": "fedrun",
+    "fedrun_untimed": "fedrun, clients untimed",
     "tff_local": "TFF local context",
     "tff_local_same_loop": "TFF local, fedrun's loop",
     "tf_loop": "TF loop",
@@ -53,6 +55,9 @@ MAX_TEST_ACCURACY_DIFF = 1e-3  # held-out accuracy; a weight difference of 1e-4 
 
 # The targets (2 cores): ratios of examples/s measured in the same run.
 TARGET_RATIO = 1.7
+# What timing each client on its worker may cost: fedrun's round latency over the same rounds
+# with TFF's untimed FedAvg (per-round pairs).
+TARGET_TIMING_OVERHEAD = 1.02
 # Checked on the tree's summed RSS: an upper bound that, unlike PSS, other processes do not move.
 TARGET_PEAK_MEMORY_BYTES = int(1.2 * 2**30)
 
@@ -68,6 +73,8 @@ class BenchConfig:
     scale_rounds: int = 3  # timed rounds per point of the scale tables, after one untimed round
     rounds_memory: int = 0  # 0: off; otherwise fedrun rounds for the long memory check
     repeat: int = 1  # comparisons run one after another; the median one is reported
+    stragglers: bool = False  # also: one worker slowed, and what each mitigation does about it
+    slow_factor: float = 4.0  # how much slower the slowed worker is made
 
     @property
     def reference_workload(self) -> bool:
@@ -116,6 +123,10 @@ class BenchConfig:
             )
         if self.repeat < 1:
             raise ValueError(f"repeat must be at least 1, got {self.repeat}")
+        if self.stragglers and config.workers.count < 2:
+            raise ValueError("stragglers slows one worker of several: run it with --workers 2 or more")
+        if not self.slow_factor > 1:
+            raise ValueError(f"slow_factor must be more than 1, got {self.slow_factor}")
         if self.scale_rounds < 1:
             raise ValueError(f"scale_rounds must be at least 1, got {self.scale_rounds}")
         if self.rounds_memory and self.rounds_memory <= MEMORY_CHECKPOINT_ROUND:
@@ -157,6 +168,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "peak process-tree memory after round 10 and after the last",
     )
     parser.add_argument(
+        "--stragglers",
+        action="store_true",
+        help="also measure round latency with the last worker slowed down (--slow-factor) for: no "
+        "mitigation, 4 shards per worker, speculative copies, speed-sized shards, and no straggler",
+    )
+    parser.add_argument(
+        "--slow-factor",
+        type=float,
+        default=4.0,
+        metavar="FACTOR",
+        help="how many times slower --stragglers makes its slow worker (default: %(default)s)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -190,6 +214,8 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             scale_rounds=args.scale_rounds,
             rounds_memory=args.rounds_memory,
             repeat=args.repeat,
+            stragglers=args.stragglers,
+            slow_factor=args.slow_factor,
         )
     except ValueError as e:
         raise FedrunError(f"invalid benchmark configuration: {e}") from None

@@ -40,7 +40,6 @@ class _TffSystem:
         from fedrun.loop.simulation import open_source
 
         self.source = open_source(workload)
-
         self.algorithm = algorithm_for(workload, self.source)
         self._stack = contextlib.ExitStack()
 
@@ -77,6 +76,9 @@ class _Fedrun(_TffSystem):
             "clients": clients,
             "bytes_to_workers": outcome.traffic.sent,
             "coordinator_latency_s": outcome.wall_s,
+            "copies": outcome.backups,
+            "copy_wins": sum(run.timing.backup for run in outcome.shards),
+            "slowed": {worker: slowdown.mechanism for worker, slowdown in outcome.slowed.items()},
             "shards": [
                 {
                     "worker": run.timing.worker,
@@ -90,7 +92,10 @@ class _Fedrun(_TffSystem):
 
 
 class _TffLocal(_TffSystem):
-    """TFF 0.87's ordinary single-process local context running the same learning process."""
+    """TFF 0.87's ordinary single-process local context running TFF's own FedAvg."""
+
+    def __init__(self, workload: RunConfig):
+        super().__init__(workload.replace(observe={"client_timing": False}))
 
     def start(self) -> None:
         from fedrun.bench.reference import tff_local_context

@@ -108,6 +108,25 @@ def scale_tables(scale_result: dict[str, Any]) -> str:
     )
 
 
+def stragglers_table(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            r["variant"],
+            f"{r['round_latency_median_s']:.3f}",
+            f"{r['round_latency_p95_s']:.3f}",
+            f"{r['median_vs_no_straggler']:.2f}x",
+            f"{r['copies']}/{r['copy_wins']}" if r["copies"] else "",
+            f"{r['max_weight_diff_vs_no_straggler']:.1e}",
+        ]
+        for r in result["rows"]
+    ]
+    return (
+        f"round latency with worker {result['slow_worker']} slowed ({result['mechanism']}), "
+        f"{result['rounds']} rounds each, interleaved\n"
+        + _table(["", "p50 s", "p95 s", "p50 vs none", "copies/wins", "max |w - w_none|"], rows)
+    )
+
+
 def memory_table(memory: dict[str, Any]) -> str:
     rows = [
         [f"after round {k}", _mib(v["peak_tree_rss_bytes"]), _mib(v["peak_tree_pss_bytes"])]

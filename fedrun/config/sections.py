@@ -14,6 +14,7 @@ from fedrun.config.fields import option
 from fedrun.data.registry import SOURCES
 from fedrun.learning.registry import CLIENT_LOOPS, DATA_PLACEMENTS, MODELS, OPTIMIZERS
 from fedrun.registry import names
+from fedrun.selection.sharding import SHARD_SIZINGS
 
 
 def _at_least_one(section: object, *fields: str) -> None:
@@ -208,10 +209,34 @@ class DispatchConfig:
         unit="rounds",
     )
 
+    speculate: bool = option(
+        False,
+        "run a copy of a slow shard on an idle worker once no shard waits; the first result counts "
+        "and the other call is cancelled (the model is the same)",
+    )
+    speculation_threshold: float = option(
+        1.5, "a shard is slow once it runs this many times as long as the median finished shard", unit="x"
+    )
+    shard_sizing: str = option(
+        "equal",
+        "equal: shards of equal work, taken by whichever worker is idle; speed: one shard per worker, "
+        "sized by its measured speed, for pools of unequal workers",
+        choices=SHARD_SIZINGS,
+    )
+
     def __post_init__(self) -> None:
         _not_negative(self, "shards", meaning_of_zero="0: one per worker")
         _not_negative(self, "recycle_every", meaning_of_zero="0: never")
         _positive(self, "rpc_timeout_s")
+        if not self.speculation_threshold >= 1:
+            raise ValueError(
+                f"speculation_threshold must be at least 1 (times the median shard), "
+                f"got {self.speculation_threshold}"
+            )
+        if self.shard_sizing == "speed" and self.shards:
+            raise ValueError(
+                f"shard_sizing speed cuts one shard per worker: leave shards at 0, got {self.shards}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +248,11 @@ class ObserveConfig:
     pushgateway: str = option("", "Prometheus Pushgateway URL to push every round's metrics to")
     tensorboard: bool = option(True, "write TensorBoard scalars under OUT/tb")
     progress: bool = option(True, "show a progress bar on a terminal")
+    client_timing: bool = option(
+        True,
+        "time each client's local training on its worker (client_time in rounds.jsonl); off: "
+        "TFF's build_weighted_fed_avg unchanged",
+    )
 
     def __post_init__(self) -> None:
         if not 0 <= self.metrics_port <= 65535:

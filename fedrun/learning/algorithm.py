@@ -19,6 +19,7 @@ from fedrun.config import RunConfig
 from fedrun.data import preprocessing
 from fedrun.data.preprocessing import Preprocessing
 from fedrun.data.source import ClientDataSource
+from fedrun.learning.client_work import timed_client_work
 from fedrun.learning.models import ModelSpec, create_model_fn
 from fedrun.learning.registry import CLIENT_LOOPS, OPTIMIZERS
 
@@ -54,7 +55,10 @@ def build_algorithm(
     server_momentum: float = 0.0,
     data_placement: str = "workers",
     client_loop: str = "iterator",
+    time_clients: bool = True,
 ) -> FederatedAlgorithm:
+    """`time_clients`: each client's local training is timed on its worker (client_work); False
+    builds FedAvg with TFF's own `build_weighted_fed_avg`, as the tutorial does."""
     prep = Preprocessing(epochs=epochs, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
     train_data = preprocessing.train_dataset_computation(source, prep)
     eval_data = preprocessing.eval_dataset_computation(source, prep)
@@ -65,12 +69,14 @@ def build_algorithm(
         ),
     )
     loop = CLIENT_LOOPS[client_loop].load()
-    fed_avg = tff.learning.algorithms.build_weighted_fed_avg(
-        model_fn,
-        client_optimizer_fn=OPTIMIZERS[client_optimizer].load()(client_lr, client_momentum),
-        server_optimizer_fn=OPTIMIZERS[server_optimizer].load()(server_lr, server_momentum),
-        loop_implementation=loop,
-    )
+    client_opt = OPTIMIZERS[client_optimizer].load()(client_lr, client_momentum)
+    server_opt = OPTIMIZERS[server_optimizer].load()(server_lr, server_momentum)
+    if time_clients:
+        fed_avg = timed_fed_avg(model_fn, client_opt, server_opt, loop)
+    else:
+        fed_avg = tff.learning.algorithms.build_weighted_fed_avg(
+            model_fn, client_optimizer_fn=client_opt, server_optimizer_fn=server_opt, loop_implementation=loop
+        )
     fed_eval = tff.learning.algorithms.build_fed_eval(model_fn, loop_implementation=loop)
     if data_placement == "workers":
         training = tff.simulation.compose_dataset_computation_with_learning_process(train_data, fed_avg)
@@ -91,6 +97,25 @@ def build_algorithm(
     )
 
 
+def timed_fed_avg(
+    model_fn, client_optimizer, server_optimizer, loop
+) -> tff.learning.templates.LearningProcess:
+    """`build_weighted_fed_avg`, composed from the same TFF parts, with timed client work."""
+
+    @tff.tensorflow.computation
+    def initial_weights():
+        return tff.learning.models.ModelWeights.from_model(model_fn())
+
+    weights_type = initial_weights.type_signature.result
+    return tff.learning.templates.compose_learning_process(
+        initial_weights,
+        tff.learning.templates.build_broadcast_process(weights_type),
+        timed_client_work(model_fn, client_optimizer, loop),
+        tff.aggregators.MeanFactory().create(weights_type.trainable, tff.TensorType(np.float32)),
+        tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
+    )
+
+
 def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgorithm:
     """The algorithm a run's configuration describes."""
     w = config.workload
@@ -108,6 +133,7 @@ def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgor
         server_momentum=w.server_momentum,
         data_placement=config.data.placement,
         client_loop=w.client_loop,
+        time_clients=config.observe.client_timing,
     )
 
 

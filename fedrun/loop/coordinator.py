@@ -13,6 +13,7 @@ import numpy as np
 
 from fedrun.config import RunConfig
 from fedrun.errors import FedrunError
+from fedrun.learning.client_time import client_time_summary, merged
 from fedrun.loop.checkpoint import load_checkpoint, save_checkpoint
 from fedrun.loop.clock import WallClock
 from fedrun.loop.evaluation import Evaluator
@@ -139,8 +140,45 @@ class Coordinator:
             eval=evaluation.metrics if evaluation else {},
             eval_latency_s=evaluation.wall_s if evaluation else 0.0,
             wall=percentiles([run.timing.end - run.timing.start for run in outcome.shards]),
+            client_time=self._client_time(outcome),
             sim=self._simulated(plan),
+            speculation=self._speculation(outcome) if self.config.dispatch.speculate else None,
+            lost_copies=[
+                {
+                    **dataclasses.asdict(lost),
+                    "start": self.wall.since_start(lost.start),
+                    "end": self.wall.since_start(lost.end),
+                }
+                for lost in outcome.lost_copies
+            ],
+            slowed={
+                worker: dataclasses.asdict(slowdown) for worker, slowdown in sorted(outcome.slowed.items())
+            },
+            speeds=outcome.speeds,
         )
+
+    @staticmethod
+    def _speculation(outcome: TrainOutcome) -> dict[str, Any]:
+        return {
+            "copies": outcome.backups,
+            "wins": sum(run.timing.backup for run in outcome.shards),
+            "wasted_s": sum(lost.end - lost.start for lost in outcome.lost_copies),
+        }
+
+    @staticmethod
+    def _client_time(outcome: TrainOutcome) -> dict[str, Any] | None:
+        if outcome.client_time is None:
+            return None
+        summary = client_time_summary(outcome.client_time, with_histogram=True)
+        by_worker: dict[str, list[dict]] = {}
+        for run in outcome.shards:
+            if run.client_time is not None:
+                by_worker.setdefault(run.timing.worker, []).append(run.client_time)
+        summary["by_worker"] = {
+            worker: client_time_summary(merged(parts), with_histogram=True)
+            for worker, parts in sorted(by_worker.items())
+        }
+        return summary
 
     def _simulated(self, plan: RoundPlan) -> dict[str, Any] | None:
         simulated = plan.simulated
@@ -193,6 +231,8 @@ class Coordinator:
             examples=int(sum(training.sizes[p] for p in run.shard.positions)),
             start=self.wall.since_start(run.timing.start),
             end=self.wall.since_start(run.timing.end),
+            slowest_client_s=float(run.client_time["max_s"]) if run.client_time else None,
+            backup=run.timing.backup,
         )
 
     def _check_finite(self, record: RoundRecord, state: Any) -> None:

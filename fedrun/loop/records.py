@@ -17,6 +17,8 @@ class ShardRecord:
     examples: int  # examples the shard's clients hold (one epoch)
     start: float  # seconds since the run started
     end: float
+    slowest_client_s: float | None = None  # its slowest client's training, measured on the worker
+    backup: bool = False  # the result came from a speculative copy (its original lost)
 
 
 @dataclass(frozen=True)
@@ -39,9 +41,18 @@ class RoundRecord:
     eval_latency_s: float = 0.0
     recycled: list[str] = field(default_factory=list)  # workers made fresh before the round
     wall: dict[str, float] = field(default_factory=dict)  # shard wall times: p50, p95, p99, max
+    # The clients' local-training wall times measured on the workers: p50, p95, p99, max, mean,
+    # count, the histogram's nonzero [bucket, count] pairs (learning.client_work), and by_worker.
+    client_time: dict[str, Any] | None = None
     # With a system model: the round on the virtual clock (round_s, clock_s, selected, reported,
     # dropped by reason, abandoned, client_s percentiles, participation so far).
     sim: dict[str, Any] | None = None
+    # With --speculate: copies started, copies that won, and the seconds the losing attempts ran.
+    speculation: dict[str, Any] | None = None
+    # The attempts that lost a race (shard, worker, start, end, backup), for the Gantt chart.
+    lost_copies: list[dict[str, Any]] = field(default_factory=list)
+    slowed: dict[str, dict[str, Any]] = field(default_factory=dict)  # worker -> factor, mechanism
+    speeds: dict[str, float] | None = None  # speed-sized shards: seconds per unit of work, by worker
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

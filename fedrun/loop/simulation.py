@@ -71,7 +71,14 @@ def runtime_over(
 
     dispatch = config.dispatch
     return RoundRuntime.over(
-        backend, algorithm, config.num_shards, dispatch.rpc_timeout_s, dispatch.recycle_every, should_stop
+        backend,
+        algorithm,
+        config.num_shards,
+        dispatch.rpc_timeout_s,
+        dispatch.recycle_every,
+        should_stop,
+        speculation=dispatch.speculation_threshold if dispatch.speculate else None,
+        sizing=dispatch.shard_sizing,
     )
 
 

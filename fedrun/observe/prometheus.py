@@ -11,13 +11,16 @@ import threading
 from collections.abc import Iterable
 from wsgiref.simple_server import WSGIServer
 
+import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, push_to_gateway, start_http_server
-from prometheus_client.metrics_core import Metric
+from prometheus_client.metrics_core import HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from cluster import Worker
 from fedrun.config import RunConfig
 from fedrun.errors import FedrunError
+from fedrun.learning import client_time
 from fedrun.loop.records import RoundRecord
 from fedrun.selection.policy import DROP_REASONS
 
@@ -63,6 +66,41 @@ class _WholeRounds(Collector):
     def restricted_registry(self, names: Iterable[str]) -> Collector:
         """Serves `/metrics?name[]=...`, which the exposition code asks the registry for."""
         return _WholeRounds(self._registry.restricted_registry(names), self._lock)
+
+
+class MeasuredClientTimes(Collector):
+    """Each client's local training time as its worker measured it, by worker: the workers'
+    histogram (learning.client_time) with every 12th of its edges kept, so the exported buckets
+    are unions of the measured ones (a factor of 1.6 apart, 1 ms to 30 min) and lose nothing
+    but resolution."""
+
+    NAME = "fedrun_client_training_duration_seconds"
+    DOC = "Local training time of each client, measured on its worker around its update."
+    EVERY = 12
+
+    def __init__(self) -> None:
+        self._counts: dict[str, np.ndarray] = {}
+        self._sums: dict[str, float] = {}
+
+    def add(self, worker: str, measured: dict | None = None) -> None:
+        """Adds a round's summary for one worker (client_time's by_worker entry); none: a zero series."""
+        counts = self._counts.setdefault(worker, np.zeros(client_time.BUCKETS + 2, np.int64))
+        self._sums.setdefault(worker, 0.0)
+        if measured:
+            counts += client_time.dense(measured["histogram"])
+            self._sums[worker] += measured["mean"] * measured["count"]
+
+    def describe(self) -> Iterable[Metric]:
+        yield HistogramMetricFamily(self.NAME, self.DOC, labels=["worker"])
+
+    def collect(self) -> Iterable[Metric]:
+        family = HistogramMetricFamily(self.NAME, self.DOC, labels=["worker"])
+        for worker in sorted(self._counts):
+            buckets = client_time.cumulative_at(self._counts[worker], self.EVERY)
+            family.add_metric(
+                [worker], [(floatToGoString(le), count) for le, count in buckets], self._sums[worker]
+            )
+        yield family
 
 
 class PrometheusMetrics:
@@ -113,11 +151,8 @@ class PrometheusMetrics:
             "Wall time of one shard of a training round on a worker.",
             ("worker",),
         )
-        self.client_duration = histogram(
-            "fedrun_client_training_duration_seconds",
-            "Estimated local-training time per client: shard duration divided by the clients in the "
-            "shard (clients are not timed one by one); observed once per client.",
-        )
+        self.client_duration = MeasuredClientTimes()
+        registry.register(self.client_duration)
         self.clients = counter("fedrun_clients_trained_total", "Clients that took part in training rounds.")
         self.examples = counter(
             "fedrun_examples_trained_total", "Examples processed in training, all epochs."
@@ -137,6 +172,21 @@ class PrometheusMetrics:
         self.recycles = counter(
             "fedrun_worker_recycles_total",
             "Workers replaced by fresh ones between rounds (recycle_workers_every).",
+        )
+        self.copies = counter(
+            "fedrun_speculative_copies_total", "Speculative copies of slow shards started (--speculate)."
+        )
+        self.copy_wins = counter(
+            "fedrun_speculative_wins_total", "Shards whose result came from their speculative copy."
+        )
+        self.copy_waste = counter(
+            "fedrun_speculative_wasted_seconds_total",
+            "Seconds the attempts that lost a speculative race ran before being cancelled.",
+        )
+        self.slowed = gauge(
+            "fedrun_worker_slowdown_factor",
+            "How many times slower a worker was made on purpose (--slow-worker); 1: not slowed.",
+            ("worker",),
         )
         self.round = gauge(
             "fedrun_round", "Number of the last completed training round (0 before the first)."
@@ -185,6 +235,8 @@ class PrometheusMetrics:
         for worker in workers:  # a worker without failures or shards yet shows 0, not a missing series
             self.failures.labels(worker.worker_id)
             self.shard_duration.labels(worker.worker_id)
+            if config.observe.client_timing:
+                self.client_duration.add(worker.worker_id)
         if self._port:
             try:
                 self._server, self._server_thread = start_http_server(
@@ -199,10 +251,10 @@ class PrometheusMetrics:
             if record.eval:
                 self.eval_duration.observe(record.eval_latency_s)
             for shard in record.shards:
-                duration = shard.end - shard.start
-                self.shard_duration.labels(shard.worker).observe(duration)
-                for _ in shard.clients:
-                    self.client_duration.observe(duration / len(shard.clients))
+                self.shard_duration.labels(shard.worker).observe(shard.end - shard.start)
+            if record.client_time is not None:
+                for worker, measured in record.client_time["by_worker"].items():
+                    self.client_duration.add(worker, measured)
             self.clients.inc(record.clients)
             self.examples.inc(record.examples_trained)
             self.bytes_sent.inc(record.bytes_to_workers)
@@ -220,6 +272,12 @@ class PrometheusMetrics:
                 self.record_failure(failure["worker"])
                 self.record_retry()
             self.recycles.inc(len(record.recycled))
+            if record.speculation is not None:
+                self.copies.inc(record.speculation["copies"])
+                self.copy_wins.inc(record.speculation["wins"])
+                self.copy_waste.inc(record.speculation["wasted_s"])
+            for worker in {s.worker for s in record.shards} | set(record.slowed):
+                self.slowed.labels(worker).set(record.slowed.get(worker, {}).get("factor", 1.0))
             self.round.set(record.round)
         self._push()
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from fedrun.config import BY_FLAG, RunConfig
+from fedrun.learning.client_time import client_time_summary, combined
 from fedrun.loop.records import RoundRecord
 
 PERCENTILES = (50, 95, 99)
@@ -73,6 +74,8 @@ def summary_rows(records: Sequence[RoundRecord], config: RunConfig | None) -> li
                 f"{last.train['loss']:.4f} / {last.train['accuracy']:.4f}",
             )
         )
+    rows += measured_client_rows(records)
+    rows += straggler_rows(records)
     rows += simulated_rows(records)
     evaluated = [r for r in records if r.eval]
     if evaluated:
@@ -92,6 +95,52 @@ def summary_rows(records: Sequence[RoundRecord], config: RunConfig | None) -> li
         rows += [
             (f"config {flag.replace('-', '_')}", f"{config.value(BY_FLAG[flag])}") for flag in _CONFIG_ROWS
         ]
+    return rows
+
+
+def measured_client_rows(records: Sequence[RoundRecord]) -> list[tuple[str, str]]:
+    """The clients' training times as the workers measured them, over all rounds, and the worker
+    whose clients were slowest."""
+    measured = [r.client_time for r in records if r.client_time and r.client_time["count"]]
+    if not measured:
+        return []
+    run = client_time_summary(combined(measured))
+    workers = {w for m in measured for w in m["by_worker"]}
+    by_worker = {
+        w: client_time_summary(combined([m["by_worker"][w] for m in measured if w in m["by_worker"]]))
+        for w in workers
+    }
+    slowest = max(sorted(by_worker), key=lambda w: by_worker[w]["p95"])
+    quantiles = " / ".join(f"{run[f'p{q}']:.3f}" for q in PERCENTILES)
+    return [
+        ("client training time p50 / p95 / p99 / max (measured)", f"{quantiles} / {run['max']:.3f} s"),
+        (
+            "worker with the slowest clients (measured p95)",
+            f"{slowest}: {by_worker[slowest]['p95']:.3f} s over {by_worker[slowest]['count']} clients",
+        ),
+    ]
+
+
+def straggler_rows(records: Sequence[RoundRecord]) -> list[tuple[str, str]]:
+    """Workers slowed on purpose, and what speculation did about them."""
+    rows = []
+    slowed = records[-1].slowed
+    if slowed:
+        rows.append(
+            (
+                "workers slowed on purpose",
+                ", ".join(f"{w} {s['factor']:g}x ({s['mechanism']})" for w, s in slowed.items()),
+            )
+        )
+    speculated = [r.speculation for r in records if r.speculation is not None]
+    if speculated:
+        rows.append(
+            (
+                "speculative copies / wins / seconds wasted, all rounds",
+                f"{sum(s['copies'] for s in speculated)} / {sum(s['wins'] for s in speculated)} / "
+                f"{sum(s['wasted_s'] for s in speculated):.1f} s",
+            )
+        )
     return rows
 
 

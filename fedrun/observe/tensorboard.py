@@ -1,15 +1,18 @@
 """TensorBoard scalars per round, so a run can be watched with `tensorboard --logdir OUT/tb`.
 
 One TensorBoard run per split (train, eval_round_clients, eval_heldout) with the same tags puts
-train and eval loss in one chart; round timing and traffic go to the run "round".
+train and eval loss in one chart; round timing and traffic go to the run "round", with the
+clients' measured training times as p50/p95/p99/max scalars (a band) and a histogram per round.
 """
 
 from pathlib import Path
 
+import numpy as np
 import tensorflow as tf
 
 from cluster import Worker
 from fedrun.config import RunConfig
+from fedrun.learning import client_time
 from fedrun.loop.records import RoundRecord
 
 
@@ -28,6 +31,12 @@ def round_scalars(record: RoundRecord) -> dict[str, dict[str, float]]:
         runs["train"] = {"model/loss": record.train["loss"], "model/accuracy": record.train["accuracy"]}
     if record.eval:
         runs["round"]["time/eval_latency_seconds"] = record.eval_latency_s
+    if record.speculation is not None:
+        runs["round"].update({f"speculation/{key}": value for key, value in record.speculation.items()})
+    if record.client_time is not None:
+        runs["round"].update(
+            {f"clients/measured_seconds_{q}": record.client_time[q] for q in ("p50", "p95", "p99", "max")}
+        )
     if record.sim is not None:
         sim = record.sim
         runs["round"].update(
@@ -46,6 +55,14 @@ def round_scalars(record: RoundRecord) -> dict[str, dict[str, float]]:
     return runs
 
 
+def bucket_values(pairs: list[list[int]]) -> np.ndarray:
+    """Durations standing for a measured histogram: each bucket's geometric middle, once per client."""
+    edges = client_time.bucket_edges()
+    middles = np.sqrt(edges[:-1] * edges[1:])
+    middles = np.concatenate([[edges[0] / 2], middles, [edges[-1]]])  # below and above the range
+    return np.repeat(middles[[b for b, _ in pairs]], [c for _, c in pairs])
+
+
 class TensorBoardLog:
     """A RunObserver writing `round_scalars` under `logdir`, flushed every round so a live
     TensorBoard sees a round as soon as it ends."""
@@ -60,6 +77,12 @@ class TensorBoardLog:
     def on_round(self, record: RoundRecord) -> None:
         for run, scalars in round_scalars(record).items():
             self._write(run, record.round, scalars)
+        if record.client_time is not None and record.client_time["count"]:
+            writer = self._writer("round")
+            with writer.as_default(step=record.round):
+                durations = bucket_values(record.client_time["histogram"])
+                tf.summary.histogram("clients/measured_seconds", durations)
+            writer.flush()
         if record.sim is not None:  # accuracy against the simulated clock: step = simulated seconds
             for group, metrics in record.eval.items():
                 self._write(

@@ -9,6 +9,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
+from fedrun.learning import client_time
 from fedrun.loop.records import RoundRecord, ShardRecord
 from fedrun.observe.summary import PERCENTILES, latency_percentiles, running_time
 
@@ -113,29 +114,86 @@ def latency_cdf(records: Sequence[RoundRecord]) -> Figure:
     return figure
 
 
+def client_times(records: Sequence[RoundRecord]) -> Figure:
+    """The clients' local training times as their workers measured them: left each round's
+    distribution as a band, right the distribution over all rounds (CDF), overall and by worker."""
+    figure, (by_round, distribution) = _figure(columns=2)
+    figure.suptitle("Client training time, measured on the workers")
+    measured = [r for r in records if r.client_time and r.client_time["count"]]
+    rounds = [r.round for r in measured]
+    times = {q: np.array([r.client_time[q] for r in measured]) for q in ("p50", "p95", "p99", "max")}
+    by_round.fill_between(
+        rounds, times["p50"], times["p99"], color="tab:blue", alpha=0.15, label="p50 to p99"
+    )
+    by_round.fill_between(rounds, times["p50"], times["p95"], color="tab:blue", alpha=0.3, label="p50 to p95")
+    by_round.plot(rounds, times["p50"], color="tab:blue", label="p50")
+    by_round.plot(rounds, times["max"], ".", color="black", markersize=3, label="slowest client")
+    by_round.set(xlabel="round", ylabel="seconds", ylim=(0, None), title="per round")
+    by_round.xaxis.set_major_locator(MaxNLocator(integer=True))
+    groups = {"all clients": [r.client_time for r in measured]}
+    for worker in sorted({w for r in measured for w in r.client_time["by_worker"]}):
+        groups[worker] = [
+            r.client_time["by_worker"][w] for r in measured if (w := worker) in r.client_time["by_worker"]
+        ]
+    for i, (name, summaries) in enumerate(groups.items()):
+        whole = client_time.combined(summaries)
+        upper, fraction = client_time.cdf(whole["histogram"])
+        upper = np.minimum(upper, whole["max_s"])  # the last bucket ends at the slowest client
+        style = {"color": "black", "linewidth": 2} if i == 0 else {"linewidth": 1}
+        distribution.step(upper, fraction, where="post", label=f"{name} ({whole['count']})", **style)
+    distribution.set(
+        xscale="log",
+        xlabel="seconds (log scale; steps are the 4% buckets)",
+        ylabel="fraction of clients at most this slow",
+        ylim=(0, 1.05),
+        title="all rounds (CDF)",
+    )
+    for ax in (by_round, distribution):
+        if ax.lines:
+            ax.legend(fontsize=8)
+    return figure
+
+
 def gantt(record: RoundRecord, workers: list[str]) -> Figure:
-    """Each worker's shards across the round; grey is idle time, the last bar is merge and server update."""
+    """Each worker's shards across the round, with each shard's slowest client (measured on the
+    worker) as a dark bar inside it and attempts that lost a speculative race hatched; grey is
+    idle time, the last bar is merge and server update."""
     figure, (ax,) = _figure()
     timeline = worker_timeline(record)
     labels = ["merge + server update"]
     colors = [f"C{i % 10}" for i in range(len(record.shards))]
     for y, worker in enumerate(reversed(workers), start=1):
         ax.broken_barh([(0, record.latency_s)], (y - 0.4, 0.8), color="0.9")
-        busy = 0.0
+        # Busy counts the attempts that lost a race too: the worker ran them.
+        busy = sum(c["end"] - c["start"] for c in record.lost_copies if c["worker"] == worker)
         for start, duration, shard in timeline.get(worker, []):
             busy += duration
             ax.broken_barh([(start, duration)], (y - 0.35, 0.7), color=colors[shard.shard], edgecolor="black")
+            if shard.slowest_client_s is not None:  # where in the shard it ran is not known: from the start
+                ax.broken_barh([(start, shard.slowest_client_s)], (y - 0.35, 0.15), color="black")
             if duration > 0.06 * record.latency_s:  # narrower bars stay unlabelled rather than overprinted
                 clients = f"{len(shard.clients)} client" + ("s" if len(shard.clients) != 1 else "")
+                copy = " (copy)" if shard.backup else ""
                 ax.text(
                     start + duration / 2,
                     y,
-                    f"shard {shard.shard}\n{clients}",
+                    f"shard {shard.shard}{copy}\n{clients}",
                     ha="center",
                     va="center",
                     fontsize=8,
                 )
-        labels.append(f"{worker}\nidle {record.latency_s - busy:.3f} s")
+        slowed = f" (slowed {record.slowed[worker]['factor']:g}x)" if worker in record.slowed else ""
+        labels.append(f"{worker}{slowed}\nidle {record.latency_s - busy:.3f} s")
+    rows = {worker: y for y, worker in enumerate(reversed(workers), start=1)}
+    for lost in record.lost_copies:  # attempts that lost a speculative race, hatched
+        if lost["worker"] in rows:
+            ax.broken_barh(
+                [(lost["start"] - record.start, lost["end"] - lost["start"])],
+                (rows[lost["worker"]] - 0.35, 0.7),
+                facecolor="none",
+                edgecolor=colors[lost["shard"]],
+                hatch="//",
+            )
     last_shard_end = max((s.end - record.start for s in record.shards), default=0.0)
     ax.broken_barh([(last_shard_end, record.latency_s - last_shard_end)], (-0.35, 0.7), color="0.5")
     ax.axvline(record.latency_s, color="black", linestyle=":")
@@ -152,6 +210,13 @@ def gantt(record: RoundRecord, workers: list[str]) -> Figure:
         handles=[
             Patch(color="0.9", label="idle"),
             Patch(color="0.5", label="merge + server update"),
+            Patch(color="black", label="slowest client of the shard"),
+            Patch(
+                facecolor="none",
+                edgecolor="0.3",
+                hatch="//",
+                label="attempt beaten by its copy, or a copy beaten",
+            ),
             Line2D([], [], color="black", linestyle=":", label="round end"),
         ],
         loc="upper left",

@@ -19,6 +19,7 @@ from fedrun.loop.run_dir import CONFIG, LABEL_MIX, REPORT, RunDirectory
 from fedrun.observe.summary import summary_rows
 from fedrun.report.figures import (
     accuracy_by_simulated_time,
+    client_times,
     dropped_clients,
     gantt,
     label_mix,
@@ -58,7 +59,10 @@ def write_report(run_dir: Path, round_num: int | None = None, out: Path | None =
             f"cannot create the report directory {out} ({e.strerror}): choose another --out"
         ) from None
 
-    workers = sorted({s.worker for r in records for s in r.shards})
+    # A worker whose only attempt lost a speculative race still has a row of the chart.
+    workers = sorted(
+        {s.worker for r in records for s in r.shards} | {c["worker"] for r in records for c in r.lost_copies}
+    )
     plots = {
         "accuracy.png": learning_curves(records, "accuracy", "accuracy (fraction correct)"),
         "loss.png": learning_curves(records, "loss", "loss (cross-entropy)"),
@@ -66,6 +70,8 @@ def write_report(run_dir: Path, round_num: int | None = None, out: Path | None =
         "latency_cdf.png": latency_cdf(records),
         f"shards_round_{chosen.round}.png": gantt(chosen, workers),
     }
+    if any(r.client_time for r in records):
+        plots["client_time.png"] = client_times(records)
     if any(r.sim is not None for r in records):
         plots.update(
             {

@@ -3,8 +3,12 @@
 The coordinator, not a static split inside TFF, decides who runs what, and times every shard.
 Results come back in argument order whatever order workers finish in. A shard is a pure function
 of its arguments, so a shard lost with its worker is simply run again elsewhere: the result is
-identical to a run without the fault. Everything a call of `map` saw (timings, failures,
-traffic) comes back in its outcome.
+identical to a run without the fault. For the same reason a slow shard may be speculated on, as
+MapReduce's backup tasks and Spark's `spark.speculation` do: once no shard waits, an idle worker
+runs a copy of the oldest shard that has run longer than a threshold times the median finished
+shard; the first result is taken and the other call cancelled (the model cannot change). A
+cancelled worker keeps its place in the pool. Everything a call of `map` saw (timings, failures,
+copies, traffic) comes back in its outcome.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from cluster import WorkerBackend, WorkerError
 from fedrun.errors import FedrunError
 from fedrun.runtime.session import Session, WorkerCallError
@@ -24,6 +30,7 @@ from fedrun.runtime.session import Session, WorkerCallError
 _LOG = logging.getLogger(__name__)
 POLL_S = 0.5  # how often running shards' workers are checked for being alive
 MAX_SHARD_ATTEMPTS = 3
+CANCEL_GRACE_S = 10.0  # a cancelled call ends at its current RPC; a worker that keeps it longer is lost
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,18 @@ class ShardTiming:
     worker: str
     start: float  # seconds on the dispatcher's clock
     end: float
+    backup: bool = False  # the result came from a speculative copy
+
+
+@dataclass(frozen=True)
+class LostCopy:
+    """An attempt at a shard whose rival delivered first: its result was dropped or its call cancelled."""
+
+    shard: int
+    worker: str
+    start: float
+    end: float  # when its call ended (or was given up on)
+    backup: bool  # the speculative copy lost; False: the original did
 
 
 @dataclass(frozen=True)
@@ -59,6 +78,8 @@ class MapOutcome:
     timings: list[ShardTiming]  # of the attempts that succeeded, by argument index
     failures: list[WorkerFailure] = field(default_factory=list)
     traffic: Traffic = Traffic()
+    lost_copies: list[LostCopy] = field(default_factory=list)  # by shard
+    backups: int = 0  # speculative copies started (at most one per shard)
 
 
 class NoWorkersLeft(FedrunError):
@@ -73,6 +94,8 @@ class Dispatcher:
     `can_recycle`: whether `replace` starts a new process, which `recycle` needs.
     `should_stop` is called while calls run, at least every POLL_S: it raises to stop waiting
     (a stop request; the calls still running are abandoned to their sessions' deadlines).
+    `speculation`: the threshold (times the median finished shard) past which a running shard
+    gets a copy on an idle worker; None: never.
     """
 
     def __init__(
@@ -83,6 +106,7 @@ class Dispatcher:
         can_recycle: bool = False,
         clock: Callable[[], float] = time.monotonic,
         should_stop: Callable[[], None] = lambda: None,
+        speculation: float | None = None,
     ):
         self._sessions = list(sessions)
         self._is_alive = is_alive
@@ -90,6 +114,7 @@ class Dispatcher:
         self._can_recycle = can_recycle
         self._clock = clock
         self._should_stop = should_stop
+        self._speculation = speculation
 
     @classmethod
     def for_backend(
@@ -97,6 +122,7 @@ class Dispatcher:
         backend: WorkerBackend,
         session: Callable[[Any], Session],
         should_stop: Callable[[], None] = lambda: None,
+        speculation: float | None = None,
     ) -> Dispatcher:
         """Over the backend's started workers (`session(worker)` connects to one); a failed or
         recycled worker's slot is refilled by the backend."""
@@ -106,6 +132,7 @@ class Dispatcher:
             lambda worker_id: session(backend.replace(worker_id)),
             can_recycle=backend.capabilities.starts_workers,
             should_stop=should_stop,
+            speculation=speculation,
         )
 
     def close(self, wait: bool = True) -> None:
@@ -141,75 +168,21 @@ class Dispatcher:
         """One whole computation on one worker (small server-side steps); its value."""
         return self.map(comp, [arg]).results[0]
 
-    def map(self, comp: Any, args: Sequence[Any]) -> MapOutcome:
-        """`comp(arg)` for every arg, each on the next idle worker."""
-        idle = collections.deque(self._sessions)
-        pending = collections.deque(range(len(args)))
-        attempts: collections.Counter[int] = collections.Counter()
-        running: dict[concurrent.futures.Future, tuple[int, Session, float]] = {}
-        results: list[Any] = [None] * len(args)
-        timings: list[ShardTiming] = []
-        failures: list[WorkerFailure] = []
-        traffic = Traffic()
+    def map(
+        self, comp: Any, args: Sequence[Any], preferred: Sequence[str | None] | None = None
+    ) -> MapOutcome:
+        """`comp(arg)` for every arg, each on the next idle worker; `preferred[i]` names the
+        worker that should run arg i (while that worker is in the pool)."""
+        return _MapCall(self, comp, args, preferred).run()
 
-        def lost(index: int, session: Session, error: WorkerCallError) -> None:
-            failures.append(self._drop(index, session, error, attempts, pending, idle))
-
-        try:
-            while pending or running:
-                while pending and idle:
-                    index, session = pending.popleft(), idle.popleft()
-                    attempts[index] += 1
-                    running[session.submit(comp, args[index])] = (index, session, self._clock())
-                if not running:
-                    raise NoWorkersLeft(
-                        f"no worker is left to run shard {pending[0]}: every worker failed and none "
-                        f"could be replaced. Completed rounds are kept in the output directory; "
-                        f"check the worker logs, then resume with --resume."
-                    )
-                done, _ = concurrent.futures.wait(
-                    running, timeout=POLL_S, return_when=concurrent.futures.FIRST_COMPLETED
-                )
-                self._should_stop()
-                for future in done:
-                    index, session, start = running.pop(future)
-                    try:
-                        call = future.result()
-                    except WorkerCallError as error:
-                        lost(index, session, error)
-                        continue
-                    results[index] = call.value
-                    traffic += Traffic(call.bytes_sent, call.bytes_received)
-                    timings.append(ShardTiming(index, session.worker.worker_id, start, self._clock()))
-                    idle.append(session)
-                for future, (index, session, _) in list(running.items()):
-                    if not self._is_alive(session.worker.worker_id):
-                        del running[future]
-                        lost(
-                            index,
-                            session,
-                            WorkerCallError(
-                                session.worker, "a running shard", None, "the worker process exited"
-                            ),
-                        )
-        finally:
-            for future in running:
-                future.cancel()
-        return MapOutcome(results, sorted(timings, key=lambda t: t.shard), failures, traffic)
-
-    def _drop(self, index, session, error, attempts, pending, idle) -> WorkerFailure:
-        """Drops the failed worker (replacing it if possible) and queues its shard again."""
-        _LOG.warning("%s; running shard %d again", error, index)
+    def _drop(self, session: Session) -> Session | None:
+        """Takes a failed worker out of the pool, refilling its slot if the backend can."""
         self._sessions.remove(session)
         session.close(wait=False)
         replacement = self._replacement(session.worker.worker_id)
         if replacement is not None:
             self._sessions.append(replacement)
-            idle.append(replacement)
-        if attempts[index] >= MAX_SHARD_ATTEMPTS:
-            raise FedrunError(f"shard {index} failed on {attempts[index]} workers, last: {error}") from None
-        pending.appendleft(index)
-        return WorkerFailure(session.worker.worker_id, index, str(error), replacement is not None)
+        return replacement
 
     def _replacement(self, worker_id: str) -> Session | None:
         if self._replace is None:
@@ -219,3 +192,201 @@ class Dispatcher:
         except WorkerError as error:  # the backend could not restart it: carry on without the slot
             _LOG.warning("could not replace worker %s: %s", worker_id, error)
             return None
+
+
+@dataclass
+class _Attempt:
+    index: int
+    session: Session
+    start: float
+    backup: bool  # a speculative copy of a shard that was already running
+    cancelled_at: float | None = None  # when another attempt's result made this one moot
+
+
+class _MapCall:
+    """The state of one `Dispatcher.map`: which shards wait, run, are done, on which sessions."""
+
+    def __init__(
+        self, dispatcher: Dispatcher, comp: Any, args: Sequence[Any], preferred: Sequence[str | None] | None
+    ):
+        self._d = dispatcher
+        self._comp, self._args = comp, args
+        self._preferred = list(preferred) if preferred is not None else [None] * len(args)
+        self._idle = collections.deque(dispatcher._sessions)
+        self._pending = collections.deque(range(len(args)))
+        self._running: dict[concurrent.futures.Future, _Attempt] = {}
+        self._results: list[Any] = [None] * len(args)
+        self._done: set[int] = set()
+        self._failed: collections.Counter[int] = collections.Counter()
+        self._finished_s: list[float] = []  # durations of the attempts that produced results
+        self._timings: list[ShardTiming] = []
+        self._losers: list[LostCopy] = []
+        self._copied: set[int] = set()  # shards that got their one speculative copy
+        self._failures: list[WorkerFailure] = []
+        self._traffic = Traffic()
+
+    def run(self) -> MapOutcome:
+        try:
+            while self._pending or self._running:
+                self._assign()
+                next_check = self._speculate()
+                if not self._running:
+                    raise NoWorkersLeft(
+                        f"no worker is left to run shard {self._pending[0]}: every worker failed and "
+                        f"none could be replaced. Completed rounds are kept in the output directory; "
+                        f"check the worker logs, then resume with --resume."
+                    )
+                timeout = (
+                    POLL_S if next_check is None else min(POLL_S, max(0.0, next_check - self._d._clock()))
+                )
+                done, _ = concurrent.futures.wait(
+                    self._running, timeout=timeout, return_when=concurrent.futures.FIRST_COMPLETED
+                )
+                self._d._should_stop()
+                for future in done:
+                    self._finished(future)
+                self._check_running()
+        finally:
+            for future, attempt in self._running.items():
+                future.cancel()
+                attempt.session.cancel()
+        return MapOutcome(
+            self._results,
+            sorted(self._timings, key=lambda t: t.shard),
+            self._failures,
+            self._traffic,
+            sorted(self._losers, key=lambda c: (c.shard, c.start)),
+            len(self._copied),
+        )
+
+    def _start(self, index: int, session: Session, backup: bool) -> None:
+        self._idle.remove(session)
+        self._running[session.submit(self._comp, self._args[index])] = _Attempt(
+            index, session, self._d._clock(), backup
+        )
+
+    def _assign(self) -> None:
+        """Each idle worker takes the first waiting shard meant for it, or meant for no worker
+        in the pool."""
+        pool = {s.worker.worker_id for s in self._d._sessions}
+        for session in list(self._idle):
+            mine = [i for i in self._pending if self._preferred[i] == session.worker.worker_id]
+            free = [i for i in self._pending if self._preferred[i] not in pool]
+            index = next(iter(mine or free), None)
+            if index is not None:
+                self._pending.remove(index)
+                self._start(index, session, backup=False)
+
+    def _speculate(self) -> float | None:
+        """Once no shard waits, an idle worker runs a copy of the oldest shard running longer
+        than the threshold times the median finished shard (one copy per shard at most, as
+        MapReduce's backup tasks); returns when to look again."""
+        threshold = self._d._speculation
+        if threshold is None or self._pending or not self._finished_s:
+            return None
+        limit = threshold * float(np.median(self._finished_s))
+        candidates = sorted(
+            (a for a in self._running.values() if a.index not in self._copied | self._done),
+            key=lambda a: a.start,
+        )
+        now = self._d._clock()
+        for attempt in candidates:
+            if now - attempt.start < limit:
+                return attempt.start + limit if self._idle else None
+            if not self._idle:
+                return None
+            self._copied.add(attempt.index)
+            _LOG.info(
+                "shard %d has run %.2f s on %s (median shard %.2f s): a copy starts on %s",
+                attempt.index,
+                now - attempt.start,
+                attempt.session.worker.worker_id,
+                limit / threshold,
+                self._idle[0].worker.worker_id,
+            )
+            self._start(attempt.index, self._idle[0], backup=True)
+        return None
+
+    def _finished(self, future: concurrent.futures.Future) -> None:
+        attempt = self._running.pop(future)
+        try:
+            call = future.result()
+        except WorkerCallError as error:
+            if attempt.cancelled_at is not None or attempt.index in self._done:
+                self._lost_copy(attempt)
+                if not self._d._is_alive(attempt.session.worker.worker_id):
+                    self._failed_worker(attempt, error)
+                else:
+                    self._idle.append(attempt.session)
+            else:
+                self._failed_worker(attempt, error)
+            return
+        self._traffic += Traffic(call.bytes_sent, call.bytes_received)
+        if attempt.index in self._done:  # its rival won while this one was finishing
+            self._lost_copy(attempt)
+            self._idle.append(attempt.session)
+            return
+        now = self._d._clock()
+        self._results[attempt.index] = call.value
+        self._done.add(attempt.index)
+        self._finished_s.append(now - attempt.start)
+        self._timings.append(
+            ShardTiming(attempt.index, attempt.session.worker.worker_id, attempt.start, now, attempt.backup)
+        )
+        self._idle.append(attempt.session)
+        for rival in self._running.values():
+            if rival.index == attempt.index and rival.cancelled_at is None:
+                rival.cancelled_at = now
+                rival.session.cancel()
+
+    def _check_running(self) -> None:
+        """A running attempt whose worker died, or whose cancelled call does not end, is lost."""
+        now = self._d._clock()
+        for future, attempt in list(self._running.items()):
+            worker = attempt.session.worker
+            if not self._d._is_alive(worker.worker_id):
+                error = WorkerCallError(worker, "a running shard", None, "the worker process exited")
+            elif attempt.cancelled_at is not None and now - attempt.cancelled_at > CANCEL_GRACE_S:
+                error = WorkerCallError(
+                    worker, "a cancelled copy", None, f"its call did not end within {CANCEL_GRACE_S:g} s"
+                )
+            else:
+                continue
+            del self._running[future]
+            if attempt.cancelled_at is not None or attempt.index in self._done:
+                self._lost_copy(attempt)
+            self._failed_worker(attempt, error)
+
+    def _lost_copy(self, attempt: _Attempt) -> None:
+        self._losers.append(
+            LostCopy(
+                attempt.index,
+                attempt.session.worker.worker_id,
+                attempt.start,
+                self._d._clock(),
+                attempt.backup,
+            )
+        )
+
+    def _failed_worker(self, attempt: _Attempt, error: WorkerCallError) -> None:
+        """The worker is dropped (and its slot refilled if possible); its shard runs again unless
+        it is done or another copy of it still runs."""
+        index, session = attempt.index, attempt.session
+        still_running = any(a.index == index for a in self._running.values())
+        again = index not in self._done and not still_running
+        _LOG.warning("%s%s", error, f"; running shard {index} again" if again else "")
+        if session in self._idle:
+            self._idle.remove(session)
+        replacement = self._d._drop(session)
+        if replacement is not None:
+            self._idle.append(replacement)
+        self._failures.append(
+            WorkerFailure(session.worker.worker_id, index, str(error), replacement is not None)
+        )
+        if again:
+            self._failed[index] += 1
+            if self._failed[index] >= MAX_SHARD_ATTEMPTS:
+                raise FedrunError(
+                    f"shard {index} failed on {self._failed[index]} workers, last: {error}"
+                ) from None
+            self._pending.appendleft(index)

@@ -5,30 +5,34 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from cluster import WorkerBackend
+from cluster import Slowdown, WorkerBackend
 from fedrun.learning.algorithm import FederatedAlgorithm, eval_metrics, train_metrics
-from fedrun.runtime.dispatch import Dispatcher, ShardTiming, Traffic, WorkerFailure
+from fedrun.learning.client_time import partial_client_time, unpack
+from fedrun.runtime.dispatch import Dispatcher, LostCopy, ShardTiming, Traffic, WorkerFailure
 from fedrun.runtime.session import WorkerSession
 from fedrun.runtime.sharded import run_sharded
+from fedrun.runtime.speeds import WorkerSpeeds
 from fedrun.selection.cohort import Cohort
-from fedrun.selection.sharding import Shard, make_shards
+from fedrun.selection.sharding import SHARD_SIZINGS, Shard, make_shards
 
 
 @dataclass(frozen=True)
 class ShardRun:
     shard: Shard  # which of the cohort's clients it trained
     timing: ShardTiming
+    client_time: dict[str, Any] | None = None  # its clients' measured training times (histogram, ...)
 
 
 @dataclass(frozen=True)
 class TrainOutcome:
     state: Any  # the new server state
-    metrics: dict[
-        str, float
-    ]  # the clients' training metrics: loss, accuracy, num_examples; {} if none trained
+    # The clients' training metrics: loss, accuracy, num_examples; {} if none trained.
+    metrics: dict[str, float]
+    # The clients' measured training times (learning.client_work), None if not timed.
+    client_time: dict[str, Any] | None
     shards: list[ShardRun]  # in shard order
     failures: list[WorkerFailure]  # workers lost during the round; their shards ran again
     traffic: Traffic
@@ -36,6 +40,11 @@ class TrainOutcome:
     workers: int  # workers in the pool at the end
     start: float  # time.monotonic()
     end: float
+    lost_copies: list[LostCopy] = field(default_factory=list)  # speculation's losers
+    backups: int = 0  # speculative copies started
+    slowed: dict[str, Slowdown] = field(default_factory=dict)  # workers slowed on purpose
+    # With speed-sized shards: each worker's measured seconds per unit of work, after the round.
+    speeds: dict[str, float] | None = None
 
     @property
     def wall_s(self) -> float:
@@ -48,16 +57,37 @@ class EvalOutcome:
     wall_s: float
 
 
+def round_client_time(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The round's measured client times (learning.client_work), None if clients were not timed."""
+    packed = metrics["client_work"].get("client_time")
+    return None if packed is None else unpack(packed)
+
+
 class RoundRuntime:
-    """Runs an algorithm's rounds over a dispatcher's workers."""
+    """Runs an algorithm's rounds over a dispatcher's workers.
+
+    `sizing` "equal" cuts a round into `num_shards` shards of equal work that idle workers take in
+    turn; "speed" cuts one shard per worker, sized by each worker's measured speed and meant for
+    that worker (WorkerSpeeds). `slowdowns` tells which workers are slowed on purpose, for records.
+    """
 
     def __init__(
-        self, dispatcher: Dispatcher, algorithm: FederatedAlgorithm, num_shards: int, recycle_every: int = 0
+        self,
+        dispatcher: Dispatcher,
+        algorithm: FederatedAlgorithm,
+        num_shards: int,
+        recycle_every: int = 0,
+        sizing: str = "equal",
+        slowdowns: Callable[[], dict[str, Slowdown]] = dict,
     ):
+        if sizing not in SHARD_SIZINGS:
+            raise ValueError(f"sizing must be one of {', '.join(SHARD_SIZINGS)}; got {sizing!r}")
         self.dispatcher = dispatcher
         self.algorithm = algorithm
         self._num_shards = num_shards
         self._recycle_every = recycle_every
+        self._speeds = WorkerSpeeds() if sizing == "speed" else None
+        self._slowdowns = slowdowns
         self._eval_initial: Any = None  # evaluation's initial state; each evaluation starts from it
 
     @classmethod
@@ -69,13 +99,16 @@ class RoundRuntime:
         rpc_timeout_s: float,
         recycle_every: int = 0,
         should_stop: Callable[[], None] = lambda: None,
+        speculation: float | None = None,
+        sizing: str = "equal",
     ) -> RoundRuntime:
         """Over a started backend's workers, each dialled with `rpc_timeout_s` on every call;
-        `should_stop` raises to stop waiting on the workers (see Dispatcher)."""
+        `should_stop` raises to stop waiting on the workers, `speculation` is the threshold for
+        speculative copies (see Dispatcher)."""
         dispatcher = Dispatcher.for_backend(
-            backend, lambda worker: WorkerSession(worker, rpc_timeout_s), should_stop
+            backend, lambda worker: WorkerSession(worker, rpc_timeout_s), should_stop, speculation
         )
-        return cls(dispatcher, algorithm, num_shards, recycle_every)
+        return cls(dispatcher, algorithm, num_shards, recycle_every, sizing, backend.slowdowns)
 
     def close(self) -> None:
         """Closes the connections; calls stuck on a dead worker are abandoned to their deadline."""
@@ -90,22 +123,53 @@ class RoundRuntime:
         start = time.monotonic()
         if not len(cohort.clients):  # an abandoned round: the model stays as it is
             return TrainOutcome(
-                state, {}, [], [], Traffic(), recycled, len(self.dispatcher.workers), start, start
+                state,
+                {},
+                None,
+                [],
+                [],
+                Traffic(),
+                recycled,
+                len(self.dispatcher.workers),
+                start,
+                start,
+                slowed=self._slowdowns(),
             )
-        shards = make_shards(cohort.sizes, self._num_shards)
+        preferred = None
+        if self._speeds is None:
+            shards = make_shards(cohort.sizes, self._num_shards)
+        else:
+            workers = self.dispatcher.workers
+            shards = make_shards(cohort.sizes, len(workers), self._speeds.shares(workers))
+            preferred = workers[: len(shards)]
         result = run_sharded(
-            self.dispatcher, self.algorithm.train_form, state, self.algorithm.train_data(cohort.keys), shards
+            self.dispatcher,
+            self.algorithm.train_form,
+            state,
+            self.algorithm.train_data(cohort.keys),
+            shards,
+            preferred,
         )
+        if self._speeds is not None:
+            self._speeds.update(shards, result.timings, cohort.sizes)
         return TrainOutcome(
             state=result.value.state,
             metrics=train_metrics(result.value.metrics),
-            shards=[ShardRun(shards[t.shard], t) for t in result.timings],
+            client_time=round_client_time(result.value.metrics),
+            shards=[
+                ShardRun(shards[t.shard], t, partial_client_time(result.partials[t.shard]))
+                for t in result.timings
+            ],
             failures=result.failures,
             traffic=result.traffic,
             recycled=recycled,
             workers=len(self.dispatcher.workers),
             start=start,
             end=time.monotonic(),
+            lost_copies=result.lost_copies,
+            backups=result.backups,
+            slowed=self._slowdowns(),
+            speeds=self._speeds.as_dict() if self._speeds is not None else None,
         )
 
     def evaluate(self, state: Any, groups: Mapping[str, Cohort]) -> EvalOutcome:

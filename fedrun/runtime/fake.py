@@ -15,6 +15,7 @@ from typing import Any
 
 from cluster import Worker, WorkerError
 from fedrun.runtime.dispatch import Dispatcher
+from fedrun.runtime.remote import CANCELLED
 from fedrun.runtime.session import CallResult, WorkerCallError
 
 # A call's work: (worker id, computation, argument) -> its value. Raise FakeFailure to fail it.
@@ -33,9 +34,15 @@ class FakeSession:
         self._pool = pool
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"fake-{worker.worker_id}")
         self.closed = False
+        self.cancelled = threading.Event()  # set by cancel(), cleared by the next submit()
 
     def submit(self, comp: Any, arg: Any = None) -> concurrent.futures.Future[CallResult]:
+        self.cancelled.clear()
         return self._thread.submit(self._call, comp, arg)
+
+    def cancel(self) -> None:
+        self._pool.cancels.append(self.worker.worker_id)
+        self.cancelled.set()
 
     def close(self, wait: bool = True) -> None:
         self.closed = True
@@ -48,6 +55,8 @@ class FakeSession:
             value = self._pool.work(worker_id, comp, arg)
         except FakeFailure as failure:
             raise WorkerCallError(self.worker, "CreateCall", None, str(failure)) from None
+        if self.cancelled.is_set():  # as a real call ends at its next RPC
+            raise WorkerCallError(self.worker, "Compute", None, CANCELLED)
         return CallResult(value, bytes_sent=self._pool.bytes_per_call, bytes_received=1)
 
 
@@ -60,11 +69,13 @@ class FakeWorkers:
         self.bytes_per_call = bytes_per_call
         self.calls: list[tuple[str, Any, Any]] = []  # (worker id, computation, argument), in call order
         self.replaced: list[str] = []
+        self.cancels: list[str] = []  # worker ids whose call was cancelled, in order
         self.dead: set[str] = set()
         self.replace_error: Exception | None = None  # what replace() raises instead, if set
         self._lock = threading.Lock()
         self._released = threading.Event()
         self._launches = 0
+        self._current: dict[str, FakeSession] = {}
         self.sessions = [self._session(f"fake-{index}") for index in range(count)]
 
     def hang(self, bound_s: float = 30.0) -> None:
@@ -72,11 +83,17 @@ class FakeWorkers:
         it returns at `close()` (or after `bound_s`), so no thread outlives the test."""
         self._released.wait(bound_s)
 
+    def busy(self, worker_id: str, seconds: float) -> None:
+        """For a work function: computing for `seconds`, or until the call is cancelled."""
+        self._current[worker_id].cancelled.wait(seconds)
+
     def close(self) -> None:
         self._released.set()
 
-    def dispatcher(self, can_recycle: bool = True) -> Dispatcher:
-        return Dispatcher(self.sessions, self.is_alive, self.replace, can_recycle=can_recycle)
+    def dispatcher(self, can_recycle: bool = True, speculation: float | None = None) -> Dispatcher:
+        return Dispatcher(
+            self.sessions, self.is_alive, self.replace, can_recycle=can_recycle, speculation=speculation
+        )
 
     def is_alive(self, worker_id: str) -> bool:
         return worker_id not in self.dead
@@ -94,4 +111,7 @@ class FakeWorkers:
     def _session(self, worker_id: str) -> FakeSession:
         with self._lock:
             self._launches += 1
-            return FakeSession(Worker(worker_id, f"fake:{worker_id}#{self._launches}"), self)
+            session = self._current[worker_id] = FakeSession(
+                Worker(worker_id, f"fake:{worker_id}#{self._launches}"), self
+            )
+            return session

@@ -26,6 +26,9 @@ _MAX_EXECUTORS = 10
 MAX_COMPILED = 32
 
 
+CANCELLED = "cancelled by the coordinator: another copy of the shard finished first"
+
+
 class WorkerCallError(WorkerError):
     """A worker failed, hung past its deadline or could not be reached during a call."""
 
@@ -50,17 +53,41 @@ class BoundedStub(tff.framework.RemoteExecutorStub):
         self.bytes_sent = 0
         self.bytes_received = 0
         self.closed = False
+        self._cancel_lock = threading.Lock()
+        self._cancelled = False
+        self._in_flight: grpc.Future | None = None
 
-    def _call(self, rpc: str, request):
+    def cancel(self) -> None:
+        """Ends the RPC in flight, and every later one until `resume`, with CANCELLED: the call
+        they belong to gives up at once (what the worker was computing, it finishes unobserved)."""
+        with self._cancel_lock:
+            self._cancelled = True
+            if self._in_flight is not None:
+                self._in_flight.cancel()
+
+    def resume(self) -> None:
+        """Lets RPCs through again, for the next call."""
+        with self._cancel_lock:
+            self._cancelled = False
+
+    def _call(self, rpc: str, request, cancellable: bool = True):
         try:
-            self.bytes_sent += request.ByteSize()
-            response = getattr(self._grpc, rpc)(request, timeout=self._timeout_s)
+            with self._cancel_lock:
+                if self._cancelled and cancellable:
+                    raise WorkerCallError(self._worker, rpc, grpc.StatusCode.CANCELLED, CANCELLED)
+                self.bytes_sent += request.ByteSize()
+                self._in_flight = getattr(self._grpc, rpc).future(request, timeout=self._timeout_s)
+            response = self._in_flight.result()
             self.bytes_received += response.ByteSize()
             return response
+        except grpc.FutureCancelledError:
+            raise WorkerCallError(self._worker, rpc, grpc.StatusCode.CANCELLED, CANCELLED) from None
         except grpc.RpcError as e:
             code = e.code() if isinstance(e, grpc.Call) else None
             details = e.details() if isinstance(e, grpc.Call) else str(e)
             raise WorkerCallError(self._worker, rpc, code, details) from None
+        finally:
+            self._in_flight = None
 
     def get_executor(self, request):
         return self._call("GetExecutor", request)
@@ -81,12 +108,14 @@ class BoundedStub(tff.framework.RemoteExecutorStub):
         return self._call("Compute", request)
 
     # TFF disposes of values from finalizers, some at interpreter exit: once the session closed
-    # the channel they can no longer be sent, and raising there only prints a traceback.
+    # the channel they can no longer be sent, and raising there only prints a traceback. A
+    # cancelled call's executor is disposed of too (ExecutorPool.clean_up_executor) and TFF
+    # disposes of values of its own: those go through, so the worker frees them.
     def dispose(self, request):
-        return None if self.closed else self._call("Dispose", request)
+        return None if self.closed else self._call("Dispose", request, cancellable=False)
 
     def dispose_executor(self, request):
-        return None if self.closed else self._call("DisposeExecutor", request)
+        return None if self.closed else self._call("DisposeExecutor", request, cancellable=False)
 
     @property
     def is_ready(self) -> bool:

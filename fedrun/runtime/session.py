@@ -38,6 +38,9 @@ class Session(Protocol):
 
     def submit(self, comp: tff.Computation, arg: Any = None) -> concurrent.futures.Future[CallResult]: ...
 
+    def cancel(self) -> None:
+        """Makes the call in flight end soon with a WorkerCallError; the session stays usable."""
+
     def close(self, wait: bool = True) -> None: ...
 
 
@@ -63,7 +66,12 @@ class WorkerSession:
 
     def submit(self, comp: tff.Computation, arg: Any = None) -> concurrent.futures.Future[CallResult]:
         """Starts `comp(arg)` on this worker; the future holds the result in Python form."""
+        self._stub.resume()  # the previous call has ended: a cancel of it must not reach this one
         return asyncio.run_coroutine_threadsafe(self._invoke(comp, arg), self._loop)
+
+    def cancel(self) -> None:
+        """Ends the call in flight at its current RPC (the worker finishes that work unobserved)."""
+        self._stub.cancel()
 
     async def _invoke(self, comp: tff.Computation, arg: Any) -> CallResult:
         # The dispatcher runs one call at a time per session, so the stub's counters move for

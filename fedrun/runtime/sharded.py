@@ -13,7 +13,7 @@ from typing import Any
 
 import tensorflow_federated as tff
 
-from fedrun.runtime.dispatch import Dispatcher, ShardTiming, Traffic, WorkerFailure
+from fedrun.runtime.dispatch import Dispatcher, LostCopy, ShardTiming, Traffic, WorkerFailure
 from fedrun.selection.sharding import Shard
 
 # Fold computations kept: one per (form, number of shards); runs use one or two shard counts.
@@ -23,9 +23,12 @@ _MAX_FOLDS = 16
 @dataclass(frozen=True)
 class ShardedResult:
     value: Any  # after_merge's result
+    partials: list[Any]  # each shard's partial aggregate (up_to_merge's result), in shard order
     timings: list[ShardTiming]  # one per shard, in shard order
     failures: list[WorkerFailure]
     traffic: Traffic
+    lost_copies: list[LostCopy]  # speculative copies, or originals, that another attempt beat
+    backups: int  # speculative copies started
 
 
 def run_sharded(
@@ -34,17 +37,22 @@ def run_sharded(
     server_arg: Any,
     client_keys: Sequence[Any],
     shards: Sequence[Shard],
+    preferred: Sequence[str] | None = None,
 ) -> ShardedResult:
+    """`preferred[i]`: the worker meant to run shard i (Dispatcher.map)."""
     shard_args = [[server_arg, [client_keys[p] for p in shard.positions]] for shard in shards]
-    partials = dispatcher.map(form.up_to_merge, shard_args)
+    partials = dispatcher.map(form.up_to_merge, shard_args, preferred)
     finish = dispatcher.map(
         merge_and_finish(form, len(shards)), [[[server_arg, list(client_keys)], partials.results]]
     )
     return ShardedResult(
         finish.results[0],
+        partials.results,
         partials.timings,
         partials.failures + finish.failures,
         partials.traffic + finish.traffic,
+        partials.lost_copies,
+        partials.backups,
     )
 
 

@@ -5,6 +5,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# equal: shards of equal work, taken by whichever worker is idle; speed: one per worker, sized by
+# its measured speed (runtime.speeds).
+SHARD_SIZINGS = ("equal", "speed")
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -14,19 +18,31 @@ class Shard:
     positions: tuple[int, ...]  # positions in the round's client list, ascending
 
 
-def make_shards(num_examples: Sequence[int], num_shards: int) -> list[Shard]:
-    """Cut a round's clients into `num_shards` contiguous, cost-balanced shards.
+def client_costs(num_examples: Sequence[int]) -> np.ndarray:
+    """A client's work in a shard: its examples, plus one for its fixed cost."""
+    return np.asarray(num_examples, dtype=np.float64) + 1.0
+
+
+def make_shards(
+    num_examples: Sequence[int], num_shards: int, shares: Sequence[float] | None = None
+) -> list[Shard]:
+    """Cut a round's clients into `num_shards` contiguous, cost-balanced shards; with `shares`
+    (one per shard), shard i gets that share of the cost rather than an equal one.
 
     Contiguous in sampling order, so folding shard results in shard order adds client
     updates in the same order as a single-process run; boundaries are placed where the
-    running example count crosses each 1/num_shards of the total.
+    running example count crosses each shard's cumulative share of the total.
     """
     n = len(num_examples)
     if n == 0:
         return []
     num_shards = max(1, min(num_shards, n))
-    cost = np.cumsum(np.asarray(num_examples, dtype=np.float64) + 1.0)  # +1: per-client overhead
-    targets = cost[-1] * np.arange(1, num_shards) / num_shards
+    cost = np.cumsum(client_costs(num_examples))
+    if shares is None:
+        targets = cost[-1] * np.arange(1, num_shards) / num_shards
+    else:
+        weights = np.asarray(shares[:num_shards], dtype=np.float64)
+        targets = cost[-1] * np.cumsum(weights)[:-1] / weights.sum()
     cuts = np.searchsorted(cost, targets, side="left") + 1
     # Every shard gets at least one client: clamp cuts to be strictly increasing inside (0, n).
     bounds = [0]

@@ -1,4 +1,4 @@
-"""`fedrun bench` on a tiny workload: every number is there, the three systems reached the same
+"""`fedrun bench` on a tiny workload: every number is there, the systems reached the same
 model, and the ratios are computed from the measured numbers. No timing is asserted: this
 machine's speed is not the code's behaviour."""
 
@@ -12,7 +12,7 @@ from tests.support.processes import fedrun
 
 pytestmark = pytest.mark.timeout(900)
 
-SYSTEMS = ("fedrun", "tff_local", "tff_local_same_loop", "tf_loop")
+SYSTEMS = ("fedrun", "fedrun_untimed", "tff_local", "tff_local_same_loop", "tf_loop")
 ROUNDS = 3
 TINY = (
     f"--rounds {ROUNDS} --clients-per-round 6 --epochs 1 --population 60 --eval-clients 4 --workers 2".split()
@@ -51,6 +51,9 @@ def result(tmp_path_factory):
             "1",
             "--rounds-memory",
             "12",
+            "--stragglers",
+            "--slow-factor",
+            "3",
             "--out",
             str(out),
         ),
@@ -66,6 +69,7 @@ def result(tmp_path_factory):
         "round latency vs clients per round",
         "round latency vs workers",
         "process-tree memory over 12 rounds",
+        "round latency with worker local-1:3 slowed",
         "targets",
     ):
         assert heading in run.stdout
@@ -109,6 +113,7 @@ def test_same_clients_same_model(result):
     assert agreement["passed"]
     # TFF's two client loops, fedrun's runtime and TFF's: the same model.
     assert agreement["fedrun_vs_tff_local_max_weight_diff"] <= 1e-5
+    assert agreement["fedrun_untimed_vs_tff_local_max_weight_diff"] <= 1e-5
     assert agreement["tff_local_same_loop_vs_tff_local_max_weight_diff"] <= 1e-5
     assert agreement["tf_loop_vs_tff_local_max_weight_diff"] <= 1e-4
     accuracies = [systems[name]["test"]["accuracy"] for name in SYSTEMS]
@@ -146,6 +151,8 @@ def test_rates_and_ratios_come_from_the_measured_rounds(result):
         targets["examples_per_s_vs_tf_loop"]["value"]
         == result["ratios"]["fedrun_vs_tf_loop"]["examples_per_s"]
     )
+    overhead = targets["client_timing_overhead"]["value"]
+    assert overhead == 1 / result["ratios"]["fedrun_vs_fedrun_untimed"]["examples_per_s_paired_median"]
     # The targets were set for the default workload: this tiny one is measured, not judged.
     assert all(target["met"] is None for target in targets.values())
 
@@ -168,3 +175,24 @@ def test_memory_over_rounds(result):
     assert memory["peaks"]["12"]["peak_tree_pss_bytes"] >= memory["peaks"]["10"]["peak_tree_pss_bytes"] > 0
     assert [t["round"] for t in memory["trace"]][-1] == 12
     assert "tree" in memory["growth"]
+
+
+def test_stragglers_table(result):
+    stragglers = result["stragglers"]
+    assert stragglers["slow_worker"] == "local-1:3"
+    assert stragglers["mechanism"]  # which throttle ran, in words
+    rows = {row["variant"]: row for row in stragglers["rows"]}
+    assert list(rows) == [
+        "no straggler",
+        "slowed, no mitigation",
+        "slowed, 4 shards per worker",
+        "slowed, speculative copies",
+        "slowed, speed-sized shards",
+    ]
+    for row in rows.values():
+        assert len(row["latencies_s"]) == ROUNDS
+        assert row["round_latency_median_s"] == pytest.approx(np.median(row["latencies_s"]))
+        assert row["max_weight_diff_vs_no_straggler"] <= 1e-5  # no mitigation changes the model
+        assert row["copy_wins"] <= row["copies"]
+    assert rows["no straggler"]["median_vs_no_straggler"] == 1.0
+    assert all(row["copies"] == 0 for name, row in rows.items() if "speculative" not in name)

@@ -150,9 +150,13 @@ def test_metrics_scraped_while_running_match_rounds_jsonl(observed):
                 sum(s["end"] - s["start"] for s in shards)
             )
             assert scraped[("fedrun_worker_failures_total", (("worker", worker),))] == 0
-        assert scraped[("fedrun_client_training_duration_seconds_count", ())] == sum(
-            r["clients"] for r in rounds
-        )
+            measured = [r["client_time"]["by_worker"].get(worker) for r in rounds]
+            name = "fedrun_client_training_duration_seconds"
+            assert scraped[(f"{name}_count", (("worker", worker),))] == sum(m["count"] for m in measured if m)
+            assert scraped[(f"{name}_sum", (("worker", worker),))] == pytest.approx(
+                sum(m["mean"] * m["count"] for m in measured if m)
+            )
+        assert sum(r["client_time"]["count"] for r in rounds) == sum(r["clients"] for r in rounds)
         assert scraped[("fedrun_train_loss", ())] == pytest.approx(rounds[-1]["train"]["loss"])
         for group in ("round_clients", "heldout"):
             assert scraped[("fedrun_eval_accuracy", (("group", group),))] == pytest.approx(
@@ -181,11 +185,11 @@ def test_every_round_and_the_end_are_pushed(observed):
     assert final[("fedrun_round_duration_seconds_count", ())] == ROUNDS
 
 
-def tensorboard_scalars(run_dir: Path) -> dict[str, dict[int, float]]:
+def tensorboard_tensors(run_dir: Path) -> dict[str, dict[int, np.ndarray]]:
     events = EventAccumulator(str(run_dir), size_guidance={TENSORS: 0})
     events.Reload()
     return {
-        tag: {e.step: float(make_ndarray(e.tensor_proto)) for e in events.Tensors(tag)}
+        tag: {e.step: make_ndarray(e.tensor_proto) for e in events.Tensors(tag)}
         for tag in events.Tags()["tensors"]
     }
 
@@ -197,9 +201,11 @@ def test_tensorboard_scalars_match_rounds_jsonl(observed):
     assert sorted(p.name for p in tb.iterdir()) == ["eval_heldout", "eval_round_clients", "round", "train"]
 
     def check(run: str, tag: str, values: list[float]) -> None:
-        written = tensorboard_scalars(tb / run)[tag]
+        written = tensorboard_tensors(tb / run)[tag]
         assert list(written) == steps, f"{run}/{tag}"
-        np.testing.assert_allclose(list(written.values()), values, rtol=1e-6, err_msg=f"{run}/{tag}")
+        np.testing.assert_allclose(
+            [float(v) for v in written.values()], values, rtol=1e-6, err_msg=f"{run}/{tag}"
+        )
 
     for metric in ("loss", "accuracy"):
         check("train", f"model/{metric}", [r["train"][metric] for r in rounds])
@@ -211,6 +217,14 @@ def test_tensorboard_scalars_match_rounds_jsonl(observed):
     check("round", "throughput/clients_per_second", [r["clients_per_s"] for r in rounds])
     check("round", "traffic/bytes_to_workers", [r["bytes_to_workers"] for r in rounds])
     check("round", "traffic/bytes_from_workers", [r["bytes_from_workers"] for r in rounds])
+    for q in ("p50", "p95", "p99", "max"):
+        check("round", f"clients/measured_seconds_{q}", [r["client_time"][q] for r in rounds])
+    # The histogram summary: (left, right, count) rows counting every client of the round.
+    histograms = tensorboard_tensors(tb / "round")["clients/measured_seconds"]
+    assert list(histograms) == steps
+    for record, histogram in zip(rounds, histograms.values()):
+        assert histogram[:, 2].sum() == record["client_time"]["count"] == record["clients"]
+        assert histogram[0, 0] <= record["client_time"]["p50"] <= histogram[-1, 1]
 
 
 def test_report_of_the_run(observed):

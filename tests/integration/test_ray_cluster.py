@@ -18,15 +18,18 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pytest
 import ray
 from ray.cluster_utils import Cluster
 
-from cluster import Worker, WorkerStartError
+from cluster import Slowdown, Worker, WorkerStartError
 from cluster.local.options import LocalWorkerOptions
 from cluster.ray.backend import RayBackend
 from cluster.ray.options import RayWorkerOptions
+from fedrun.data.synthetic import SyntheticDigits
+from fedrun.learning.algorithm import algorithm_for
 from fedrun.loop.run_dir import RoundsFile
 from tests.support.backends import CONFIG, running, started_processes
 from tests.support.configs import flat_config
@@ -229,6 +232,35 @@ def test_resources_held_by_other_work_time_out_within_ready_timeout(cluster: Ray
 
         assert time.monotonic() - began < 10
         assert ray.is_initialized() and all(holder.is_alive(w.worker_id) for w in holder.workers())
+
+
+def test_a_slowed_ray_worker_is_throttled_on_its_node(cluster: RayTestCluster, tmp_path: Path) -> None:
+    """--slow-worker on Ray: the actor slows its own binary, on the node where it runs."""
+    process = LocalWorkerOptions(isolation="none", slow_mechanism="duty-cycle")
+    slow = options(cluster, placement_strategy="SPREAD", process=process, slow={"ray-1": 4.0})
+    with RayBackend(slow) as backend:
+        workers = backend.start(2)
+        assert backend.slowdowns() == {
+            "ray-1": Slowdown(4.0, "stop/continue duty cycle on the worker's Ray node")
+        }
+        slowed = binary_of(workers[1])
+        assert eventually(lambda: slowed.status() == psutil.STATUS_STOPPED, timeout_s=3)
+        assert binary_of(workers[0]).status() != psutil.STATUS_STOPPED
+        source = SyntheticDigits(population=CONFIG.data.population)
+        _, rounds = run_coordinator(CONFIG, source, algorithm_for(CONFIG, source), tmp_path, backend=backend)
+    per_example = {
+        worker: np.mean(
+            [
+                (s["end"] - s["start"]) / s["examples"]
+                for r in rounds[1:]
+                for s in r["shards"]
+                if s["worker"] == worker
+            ]
+        )
+        for worker in ("ray-0", "ray-1")
+    }
+    assert per_example["ray-1"] > 2 * per_example["ray-0"]
+    assert rounds[-1]["slowed"]["ray-1"]["factor"] == 4.0
 
 
 def test_killed_actor_takes_its_binary_down(cluster: RayTestCluster) -> None:

@@ -173,3 +173,144 @@ def test_call_is_one_computation_on_one_worker(closing):
     closing(pool)
     assert pool.dispatcher().call("comp", 12) == 144
     assert len(pool.calls) == 1
+
+
+# --- speculative copies (MapReduce's backup tasks) ----------------------------------------------
+
+
+def slow_worker(pool, slow="fake-1", seconds=20.0):
+    """Work that takes `seconds` on the slow worker and 50 ms elsewhere, unless cancelled."""
+
+    def work(worker_id, comp, arg):
+        pool.busy(worker_id, seconds if worker_id == slow else 0.05)
+        return arg * 10
+
+    return work
+
+
+def test_a_slow_shard_gets_a_copy_on_an_idle_worker_and_the_first_result_counts(closing):
+    pool = FakeWorkers(2, lambda *call: work(*call))
+    work = slow_worker(pool)
+    closing(pool)
+    dispatcher = pool.dispatcher(speculation=1.5)
+    started = time.monotonic()
+    outcome = dispatcher.map("comp", [1, 2])
+
+    assert outcome.results == [10, 20]
+    assert time.monotonic() - started < 5  # not the slow worker's 20 s: its call was cancelled
+    assert outcome.backups == 1
+    assert [(t.shard, t.worker, t.backup) for t in outcome.timings] == [
+        (0, "fake-0", False),
+        (1, "fake-0", True),
+    ]
+    (lost,) = outcome.lost_copies
+    assert (lost.shard, lost.worker, lost.backup) == (1, "fake-1", False)
+    assert pool.cancels == ["fake-1"]
+    # The cancelled worker keeps its place: no failure, nothing replaced, it takes the next call.
+    assert (
+        outcome.failures == [] and pool.replaced == [] and sorted(dispatcher.workers) == ["fake-0", "fake-1"]
+    )
+    pool.work = square
+    assert dispatcher.map("comp", [3, 4]).results == [9, 16]
+
+
+def test_no_copy_while_shards_wait_or_without_speculation(closing):
+    calls = []
+
+    def work(worker_id, comp, arg):
+        calls.append((worker_id, arg))
+        time.sleep(0.6 if worker_id == "fake-1" and arg == 1 else 0.05)
+        return arg
+
+    pool = FakeWorkers(2, work)
+    closing(pool)
+    outcome = pool.dispatcher().map("comp", [0, 1, 2, 3])
+    assert outcome.backups == 0 and outcome.lost_copies == []
+    assert sorted(arg for _, arg in calls) == [0, 1, 2, 3]  # each shard ran once
+
+    calls.clear()
+    outcome = pool.dispatcher(speculation=1.5).map("comp", [0, 1, 2, 3])
+    # Shards 2 and 3 waited while shard 1 ran long: the idle worker took them, not a copy; once
+    # nothing waited, shard 1 (still running) was copied.
+    assert sorted(arg for _, arg in calls[:4]) == [0, 1, 2, 3]
+    assert outcome.results == [0, 1, 2, 3]
+
+
+def test_a_copy_that_would_finish_later_is_not_started_before_the_threshold(closing):
+    def work(worker_id, comp, arg):
+        time.sleep(0.3 if arg == 1 else 0.25)
+        return arg
+
+    pool = FakeWorkers(2, work)
+    closing(pool)
+    outcome = pool.dispatcher(speculation=1.5).map("comp", [0, 1])
+    assert outcome.backups == 0 and outcome.results == [0, 1]  # 0.3 s < 1.5 x 0.25 s
+
+
+def test_the_original_dying_while_its_copy_runs_is_handled_once(closing):
+    def work(worker_id, comp, arg):
+        if worker_id == "fake-1" and arg == 2 and "fake-1" not in pool.replaced:
+            pool.hang()  # the original, on a worker about to die
+        pool.busy(worker_id, 0.3 if arg == 2 else 0.05)
+        return arg
+
+    pool = FakeWorkers(2, work)
+    closing(pool)
+    dispatcher = pool.dispatcher(speculation=1.5)
+    threading.Timer(0.5, pool.dead.add, ["fake-1"]).start()  # after the copy has started
+    outcome = dispatcher.map("comp", [1, 2])
+
+    assert outcome.results == [1, 2]
+    assert [(f.worker, f.shard) for f in outcome.failures] == [("fake-1", 1)]
+    assert sum(arg == 2 for _, _, arg in pool.calls) == 2  # the original and its copy: not a third
+    assert outcome.timings[1].backup and outcome.timings[1].worker == "fake-0"
+    assert pool.replaced == ["fake-1"]
+
+
+def test_the_copy_dying_leaves_the_original_to_finish(closing):
+    def work(worker_id, comp, arg):
+        if worker_id == "fake-0" and arg == 2:
+            raise FakeFailure("the copy's worker died")
+        pool.busy(worker_id, 0.5 if arg == 2 else 0.05)
+        return arg
+
+    pool = FakeWorkers(2, work)
+    closing(pool)
+    outcome = pool.dispatcher(speculation=1.5).map("comp", [1, 2])
+
+    assert outcome.results == [1, 2]
+    assert [(f.worker, f.shard) for f in outcome.failures] == [("fake-0", 1)]
+    assert sum(arg == 2 for _, _, arg in pool.calls) == 2
+    assert not outcome.timings[1].backup and outcome.timings[1].worker == "fake-1"
+
+
+def test_a_cancelled_call_that_does_not_end_loses_its_worker_in_bounded_time(closing, monkeypatch):
+    from fedrun.runtime import dispatch
+
+    monkeypatch.setattr(dispatch, "CANCEL_GRACE_S", 0.5)
+
+    def work(worker_id, comp, arg):
+        if worker_id == "fake-1" and "fake-1" not in pool.replaced:
+            pool.hang()  # ignores the cancel, as a wedged RPC would
+        pool.busy(worker_id, 0.05)
+        return arg
+
+    pool = FakeWorkers(2, work)
+    closing(pool)
+    started = time.monotonic()
+    outcome = pool.dispatcher(speculation=1.5).map("comp", [1, 2])
+
+    assert outcome.results == [1, 2] and time.monotonic() - started < 5
+    (failure,) = outcome.failures
+    assert failure.worker == "fake-1" and "did not end" in failure.error
+    assert pool.replaced == ["fake-1"]
+
+
+def test_shards_go_to_their_preferred_worker_while_it_is_in_the_pool(closing):
+    pool = FakeWorkers(3, square)
+    closing(pool)
+    dispatcher = pool.dispatcher()
+    outcome = dispatcher.map("comp", [1, 2, 3, 4], preferred=["fake-2", "fake-2", "fake-0", "gone-9"])
+    by_shard = {t.shard: t.worker for t in outcome.timings}
+    assert by_shard[0] == by_shard[1] == "fake-2" and by_shard[2] == "fake-0"
+    assert outcome.results == [1, 4, 9, 16]  # shard 3's worker is not in the pool: anyone took it

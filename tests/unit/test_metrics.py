@@ -19,6 +19,7 @@ from fedrun.config import RunConfig
 from fedrun.errors import FedrunError
 from fedrun.loop.records import RoundRecord, ShardRecord
 from fedrun.observe.prometheus import PrometheusMetrics
+from tests.support.client_times import summary
 from tests.support.configs import flat_config
 from tests.support.prometheus import free_port, samples, scrape, stand_in_pushgateway
 
@@ -28,7 +29,8 @@ WORKERS = [Worker("local-0", "127.0.0.1:1"), Worker("local-1", "127.0.0.1:2")]
 def round_record(
     number: int, *, latency: float = 2.0, failures: tuple[str, ...] = (), workers: int = 2, loss: float = 1.5
 ) -> RoundRecord:
-    """A round of 5 clients in two shards: local-0 trains 3 clients for 0.9 s, local-1 2 clients for 0.4 s."""
+    """A round of 5 clients in two shards: local-0 trains 3 clients for 0.9 s, local-1 2 clients for
+    0.4 s; the workers measured the clients at 0.1, 0.2, 0.5 s (local-0) and 0.3, 0.05 s (local-1)."""
     start = 10.0 * number
     return RoundRecord(
         round=number,
@@ -50,6 +52,7 @@ def round_record(
         train={"loss": loss, "accuracy": 0.25, "num_examples": 1000},
         eval={"round_clients": {"loss": 1.25, "accuracy": 0.5}, "heldout": {"loss": 1.75, "accuracy": 0.375}},
         eval_latency_s=0.5,
+        client_time={"by_worker": {"local-0": summary([0.1, 0.2, 0.5]), "local-1": summary([0.3, 0.05])}},
     )
 
 
@@ -83,18 +86,39 @@ def test_rounds_become_counters_histograms_and_gauges(registry):
     assert value("fedrun_eval_loss", {"group": "round_clients"}) == 1.25
 
 
-def test_client_time_is_the_shard_time_shared_by_its_clients(registry):
+def test_client_times_are_the_workers_measurements_by_worker(registry):
     metrics = PrometheusMetrics(registry)
     metrics.on_round(round_record(1))
+    metrics.on_round(round_record(2))
     value = registry.get_sample_value
-    # local-0: 3 clients at 0.3 s, local-1: 2 clients at 0.2 s.
-    assert value("fedrun_client_training_duration_seconds_count") == 5
-    assert value("fedrun_client_training_duration_seconds_sum") == pytest.approx(1.3)
-    assert value("fedrun_client_training_duration_seconds_bucket", {"le": "0.25"}) == 2
-    help_text = next(
-        f.documentation for f in registry.collect() if f.name == "fedrun_client_training_duration_seconds"
+    name = "fedrun_client_training_duration_seconds"
+    assert value(f"{name}_count", {"worker": "local-0"}) == 6
+    assert value(f"{name}_sum", {"worker": "local-0"}) == pytest.approx(1.6)
+    assert value(f"{name}_sum", {"worker": "local-1"}) == pytest.approx(0.7)
+    # Buckets are the measured ones' edges, every 12th: 1 ms * 1.04**(12 k).
+    edges = {float(s.labels["le"]): s.value for s in _samples(registry, f"{name}_bucket", "local-1")}
+    below = {le: count for le, count in edges.items() if le < 1}
+    assert list(below) == pytest.approx([0.001 * 1.04 ** (12 * k) for k in range(len(below))])
+    for le, count in edges.items():  # two rounds of a 0.05 s and a 0.3 s client
+        assert count == (0 if le < 0.05 else 2 if le < 0.3 else 4), le
+    help_text = next(f.documentation for f in registry.collect() if f.name == name)
+    assert "measured on its worker" in help_text
+
+
+def _samples(registry: CollectorRegistry, name: str, worker: str) -> list:
+    return [
+        s for f in registry.collect() for s in f.samples if s.name == name and s.labels["worker"] == worker
+    ]
+
+
+def test_without_client_timing_no_client_series(registry):
+    metrics = PrometheusMetrics(registry)
+    metrics.on_start(flat_config(client_timing=False), WORKERS)
+    metrics.on_round(dataclasses.replace(round_record(1), client_time=None))
+    assert (
+        registry.get_sample_value("fedrun_client_training_duration_seconds_count", {"worker": "local-0"})
+        is None
     )
-    assert "shard duration divided by the clients" in help_text
 
 
 def test_every_worker_has_a_zero_series_from_the_start(registry):
@@ -104,6 +128,7 @@ def test_every_worker_has_a_zero_series_from_the_start(registry):
     for worker in ("local-0", "local-1"):
         assert value("fedrun_worker_failures_total", {"worker": worker}) == 0
         assert value("fedrun_shard_duration_seconds_count", {"worker": worker}) == 0
+        assert value("fedrun_client_training_duration_seconds_count", {"worker": worker}) == 0
     assert value("fedrun_shard_retries_total") == 0
 
 
@@ -214,7 +239,11 @@ def test_a_scrape_never_sees_half_a_round(registry):
             done = scraped[("fedrun_round", ())]
             assert scraped[("fedrun_round_duration_seconds_count", ())] == done
             assert scraped[("fedrun_examples_trained_total", ())] == 1000 * done
-            assert scraped[("fedrun_client_training_duration_seconds_count", ())] == 5 * done
+            measured = sum(
+                scraped[("fedrun_client_training_duration_seconds_count", (("worker", w.worker_id),))]
+                for w in WORKERS
+            )
+            assert measured == 5 * done
     finally:
         stop.set()
         writer.join()

@@ -32,3 +32,24 @@ def test_equal_clients_split_evenly():
 
 def test_no_clients_no_shards():
     assert make_shards([], 3) == []
+
+
+def test_shares_size_the_shards_in_order():
+    sizes = [10] * 40  # 40 clients of 10 examples: 440 units of work
+    shards = make_shards(sizes, 2, shares=[0.8, 0.2])
+    assert [len(s.positions) for s in shards] == [32, 8]
+    assert shards[0].positions == tuple(range(32))  # contiguous, in sampling order
+
+
+def test_worker_speeds_give_the_faster_worker_more_and_balance_unmeasured_ones():
+    from fedrun.runtime.dispatch import ShardTiming
+    from fedrun.runtime.speeds import WorkerSpeeds
+
+    speeds = WorkerSpeeds()
+    assert speeds.shares(["a", "b"]) == [0.5, 0.5]  # nothing measured: equal
+    sizes = [9] * 20  # 200 units: 100 per shard
+    shards = make_shards(sizes, 2)
+    speeds.update(shards, [ShardTiming(0, "a", 0.0, 1.0), ShardTiming(1, "b", 0.0, 4.0)], sizes)
+    assert speeds.shares(["a", "b"]) == pytest.approx([0.8, 0.2])  # b took 4 times as long
+    # An unmeasured worker counts as the median measured one: 1 / 0.025 s per unit beside 100 and 25.
+    assert speeds.shares(["a", "b", "c"]) == pytest.approx([100 / 165, 25 / 165, 40 / 165])

@@ -1,0 +1,115 @@
+"""FedAvg's client work with each client's local training timed on the worker that runs it.
+
+TFF's model-delta client work (`build_model_delta_client_work`), the same update, optimizer and
+weighting, with `tf.timestamp()` read before and after each client's update. The durations leave
+the clients the way the metrics do, as one aggregate: a packed vector (learning.client_time) of
+histogram counts, sum, count and maximum, summed by a `federated_aggregate`. No per-client value
+reaches the server, so the round keeps the single aggregation that sharding (MergeableCompForm)
+needs, and the update itself is untouched: the model is TFF's.
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Callable
+
+import numpy as np
+import tensorflow as tf
+import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.types.computation_types import tensorflow_to_type
+from tensorflow_federated.python.learning.templates import model_delta_client_work
+
+from fedrun.learning import client_time
+
+
+def _combine(a: tf.Tensor, b: tf.Tensor) -> tf.Tensor:
+    """Two packed vectors as one: counts, sums and counts add, the maximum is the larger."""
+    return tf.concat([a[:-1] + b[:-1], tf.reshape(tf.maximum(a[-1], b[-1]), [1])], axis=0)
+
+
+def _packed(seconds: tf.Tensor) -> tf.Tensor:
+    """One client's duration as a packed vector (client_time.unpack reads it)."""
+    edges = tf.constant(client_time.bucket_edges(), tf.float64)
+    slot = tf.searchsorted(edges, tf.reshape(seconds, [1]), side="right")[0]
+    one_hot = tf.one_hot(slot, client_time.SLOTS, dtype=tf.float64)
+    return tf.concat([one_hot, tf.stack([seconds, tf.constant(1.0, tf.float64), seconds])], axis=0)
+
+
+def timed_client_work(
+    model_fn: Callable[[], tff.learning.models.VariableModel],
+    optimizer: tff.learning.optimizers.Optimizer,
+    loop: tff.learning.LoopImplementation,
+) -> tff.learning.templates.ClientWorkProcess:
+    """`build_model_delta_client_work(model_fn, optimizer, NUM_EXAMPLES)` whose measurements
+    also hold `client_time`, the packed vector of the clients' training times."""
+    with tf.Graph().as_default():  # as TFF does: keep the model's variables out of the global graph
+        model = model_fn()
+        metrics_aggregation_fn = tff.learning.metrics.sum_then_finalize(model.metric_finalizers())
+    data_type = tff.SequenceType(tensorflow_to_type(model.input_spec))
+    weights_type = tff.learning.models.weights_type_from_model(model)
+    hparams = optimizer.get_hparams(optimizer.initialize(tf.TensorSpec(shape=(), dtype=tf.float32)))
+
+    @tff.federated_computation
+    def init_fn():
+        return tff.federated_value(hparams, tff.SERVER)
+
+    state_type = init_fn.type_signature.result.member
+
+    @tff.tensorflow.computation(state_type)
+    def get_hparams_fn(state):
+        return state
+
+    @tff.tensorflow.computation(state_type, state_type)
+    def set_hparams_fn(state, new_hparams):
+        del state
+        return new_hparams
+
+    @tff.tensorflow.computation(state_type, weights_type, data_type)
+    def client_update(optimizer_hparams, initial_weights, dataset):
+        update = model_delta_client_work.build_model_delta_update_with_tff_optimizer(
+            model_fn=model_fn,
+            weighting=tff.learning.ClientWeighting.NUM_EXAMPLES,
+            loop_implementation=loop,
+        )
+        start = tf.timestamp()
+        with tf.control_dependencies([start]):
+            result, outputs = update(optimizer, initial_weights, dataset, optimizer_hparams)
+        with tf.control_dependencies(tf.nest.flatten((result, outputs))):
+            seconds = tf.timestamp() - start
+        return result, outputs, _packed(seconds)
+
+    packed_type = tff.TensorType(np.float64, [client_time.LENGTH])
+
+    @tff.tensorflow.computation
+    def zero():
+        return tf.zeros([client_time.LENGTH], tf.float64)
+
+    @tff.tensorflow.computation(packed_type, packed_type)
+    def combine(a, b):
+        return _combine(a, b)
+
+    @tff.tensorflow.computation(packed_type)
+    def report(total):
+        return total
+
+    @tff.federated_computation(
+        init_fn.type_signature.result,
+        tff.FederatedType(weights_type, tff.CLIENTS),
+        tff.FederatedType(data_type, tff.CLIENTS),
+    )
+    def next_fn(state, weights, client_data):
+        state_at_clients = tff.federated_broadcast(state)
+        client_result, model_outputs, timed = tff.federated_map(
+            client_update, (state_at_clients, weights, client_data)
+        )
+        measurements = tff.federated_zip(
+            collections.OrderedDict(
+                train=metrics_aggregation_fn(model_outputs),
+                client_time=tff.federated_aggregate(timed, zero(), combine, combine, report),
+            )
+        )
+        return tff.templates.MeasuredProcessOutput(state, client_result, measurements)
+
+    return tff.learning.templates.ClientWorkProcess(
+        init_fn, next_fn, get_hparams_fn=get_hparams_fn, set_hparams_fn=set_hparams_fn
+    )
