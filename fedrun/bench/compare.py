@@ -94,14 +94,7 @@ def scale(bench: BenchConfig) -> dict[str, Any]:
     specs = {f"fedrun-{n}": ("fedrun", config.replace(workers={"count": n})) for n in counts}
     with PeakMemorySampler() as sampler, system_processes(specs, sampler) as children:
         build_and_start(children)
-        next_round = dict.fromkeys(children, 1)
-
-        def run(name: str, clients: int) -> dict[str, Any]:
-            STOP.check()
-            record = children[name].round(next_round[name], clients)
-            next_round[name] += 1
-            return record
-
+        run = _next_rounds(children)
         widest = f"fedrun-{workers}"
         by_clients = _interleaved([(widest, k) for k in bench.scale_clients], bench.scale_rounds, run)
         by_workers = _interleaved(
@@ -150,14 +143,7 @@ def stragglers(bench: BenchConfig) -> dict[str, Any]:
     clients = config.workload.clients_per_round
     with PeakMemorySampler() as sampler, system_processes(specs, sampler) as children:
         build_and_start(children)
-        next_round = dict.fromkeys(children, 1)
-
-        def run(name: str, k: int) -> dict[str, Any]:
-            STOP.check()
-            record = children[name].round(next_round[name], k)
-            next_round[name] += 1
-            return record
-
+        run = _next_rounds(children)
         points = [(name, clients) for name in specs]
         by_variant = _interleaved(points, config.workload.rounds, run)
         weights = {name: children[name].call("weights") for name in specs}
@@ -188,6 +174,19 @@ def stragglers(bench: BenchConfig) -> dict[str, Any]:
         "rounds": config.workload.rounds,
         "rows": rows,
     }
+
+
+def _next_rounds(children: dict[str, Any]) -> Callable[[str, int], dict[str, Any]]:
+    """`run(name, clients)`: the next round of that system with that many clients, its record."""
+    next_round = dict.fromkeys(children, 1)
+
+    def run(name: str, clients: int) -> dict[str, Any]:
+        STOP.check()
+        record = children[name].round(next_round[name], clients)
+        next_round[name] += 1
+        return record
+
+    return run
 
 
 def _rotated(names: Sequence[str], by: int) -> list[str]:
