@@ -167,13 +167,14 @@ class Coordinator:
 
     @staticmethod
     def _client_time(outcome: TrainOutcome) -> dict[str, Any] | None:
-        if outcome.client_time is None:
-            return None
-        summary = client_time_summary(outcome.client_time, with_histogram=True)
+        """The round's measured client times: its shards' histograms added up, and by worker."""
         by_worker: dict[str, list[dict]] = {}
         for run in outcome.shards:
             if run.client_time is not None:
                 by_worker.setdefault(run.timing.worker, []).append(run.client_time)
+        if not by_worker:
+            return None
+        summary = client_time_summary(merged(sum(by_worker.values(), [])), with_histogram=True)
         summary["by_worker"] = {
             worker: client_time_summary(merged(parts), with_histogram=True)
             for worker, parts in sorted(by_worker.items())

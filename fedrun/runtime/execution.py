@@ -10,7 +10,7 @@ from typing import Any
 
 from cluster import Slowdown, WorkerBackend
 from fedrun.learning.algorithm import FederatedAlgorithm, eval_metrics, train_metrics
-from fedrun.learning.client_time import partial_client_time, unpack
+from fedrun.learning.client_time import partial_client_time
 from fedrun.runtime.dispatch import Dispatcher, LostCopy, ShardTiming, Traffic, WorkerFailure
 from fedrun.runtime.session import WorkerSession
 from fedrun.runtime.sharded import run_sharded
@@ -31,8 +31,6 @@ class TrainOutcome:
     state: Any  # the new server state
     # The clients' training metrics: loss, accuracy, num_examples; {} if none trained.
     metrics: dict[str, float]
-    # The clients' measured training times (learning.client_work), None if not timed.
-    client_time: dict[str, Any] | None
     shards: list[ShardRun]  # in shard order
     failures: list[WorkerFailure]  # workers lost during the round; their shards ran again
     traffic: Traffic
@@ -55,12 +53,6 @@ class TrainOutcome:
 class EvalOutcome:
     metrics: dict[str, dict[str, float]]  # by group: loss, accuracy, num_examples
     wall_s: float
-
-
-def round_client_time(metrics: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The round's measured client times (learning.client_work), None if clients were not timed."""
-    packed = metrics["client_work"].get("client_time")
-    return None if packed is None else unpack(packed)
 
 
 class RoundRuntime:
@@ -125,7 +117,6 @@ class RoundRuntime:
             return TrainOutcome(
                 state,
                 {},
-                None,
                 [],
                 [],
                 Traffic(),
@@ -155,7 +146,6 @@ class RoundRuntime:
         return TrainOutcome(
             state=result.value.state,
             metrics=train_metrics(result.value.metrics),
-            client_time=round_client_time(result.value.metrics),
             shards=[
                 ShardRun(shards[t.shard], t, partial_client_time(result.partials[t.shard]))
                 for t in result.timings
