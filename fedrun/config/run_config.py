@@ -8,6 +8,7 @@ from typing import Any
 from cluster import ClusterSettings, RaySettings, WorkerError, WorkerSettings, backend_options
 from fedrun.config.fields import FieldInfo, check_choices, section_fields
 from fedrun.config.sections import (
+    AggregationConfig,
     DataConfig,
     DispatchConfig,
     EvalConfig,
@@ -35,6 +36,7 @@ class RunConfig:
     ray: RaySettings = RaySettings()
     system: SystemConfig = SystemConfig()
     policy: PolicyConfig = PolicyConfig()
+    aggregation: AggregationConfig = AggregationConfig()
     observe: ObserveConfig = ObserveConfig()
     output: OutputConfig = OutputConfig()
 
@@ -60,10 +62,33 @@ class RunConfig:
                 f"min_reporting ({self.policy.min_reporting}) exceeds clients_per_round "
                 f"({workload.clients_per_round}): no round could ever be kept"
             )
+        self._check_aggregation()
         try:
             backend_options(self.cluster)  # the chosen backend checks its own options
         except WorkerError as error:
             raise ValueError(str(error)) from None
+
+    def _check_aggregation(self) -> None:
+        aggregation = self.aggregation
+        if not aggregation.buffered:
+            return
+        if not self.system.enabled:
+            raise ValueError(
+                "--aggregation buffered-async runs its clients on the virtual clock: choose a "
+                "--system-model (e.g. lognormal)"
+            )
+        if self.policy.over_selection > 1 or self.policy.deadline_s or self.policy.min_reporting:
+            raise ValueError(
+                "--over-selection, --deadline-s and --min-reporting close synchronous rounds; "
+                "buffered-async has no rounds to close (its counterpart is --max-staleness): drop them"
+            )
+        if self.dispatch.shard_sizing != "equal":
+            raise ValueError("--shard-sizing speed sizes synchronous rounds: use equal with buffered-async")
+        if self.data.source == "synthetic" and aggregation.max_concurrency > self.data.population:
+            raise ValueError(
+                f"max_concurrency ({aggregation.max_concurrency}) exceeds the population "
+                f"({self.data.population}): lower --max-concurrency or raise --population"
+            )
 
     @property
     def cluster(self) -> ClusterSettings:

@@ -10,6 +10,7 @@ import dataclasses
 import math
 from pathlib import Path
 
+from fedrun.asynchrony.staleness import staleness_weighting
 from fedrun.config.fields import option
 from fedrun.data.registry import SOURCES
 from fedrun.learning.registry import CLIENT_LOOPS, DATA_PLACEMENTS, MODELS, OPTIMIZERS
@@ -392,3 +393,45 @@ class PolicyConfig:
     def selected(self, clients_per_round: int) -> int:
         """Clients to select for a round that needs `clients_per_round`."""
         return math.ceil(self.over_selection * clients_per_round - 1e-9)
+
+
+# How the server aggregates client results (`--aggregation`).
+AGGREGATIONS = ("sync", "buffered-async")
+
+
+@dataclasses.dataclass(frozen=True)
+class AggregationConfig:
+    """[aggregation]: synchronous rounds, or buffered asynchronous updates (FedBuff) on the virtual clock."""
+
+    mode: str = option(
+        "sync",
+        "sync: rounds that wait for their clients; buffered-async: clients train continuously and the "
+        "server updates every buffer-size results (FedBuff; needs a system model)",
+        flag="aggregation",
+        choices=AGGREGATIONS,
+        decides_result=True,
+    )
+    buffer_size: int = option(16, "buffered-async: results per server update (B)", decides_result=True)
+    max_concurrency: int = option(
+        64, "buffered-async: clients training at once on the virtual clock (C)", decides_result=True
+    )
+    max_staleness: int = option(
+        0,
+        "buffered-async: results more server versions old than this are discarded (0: none are)",
+        decides_result=True,
+    )
+    staleness_weight: str = option(
+        "sqrt",
+        "buffered-async: weight of a result of staleness s: sqrt (1/sqrt(1+s)), constant (1) or "
+        "polynomial:A ((1+s)^-A)",
+        decides_result=True,
+    )
+
+    def __post_init__(self) -> None:
+        _at_least_one(self, "buffer_size", "max_concurrency")
+        _not_negative(self, "max_staleness", meaning_of_zero="0: no limit")
+        staleness_weighting(self.staleness_weight)  # a ValueError naming the choices
+
+    @property
+    def buffered(self) -> bool:
+        return self.mode == "buffered-async"

@@ -19,6 +19,7 @@ from fedrun.config import RunConfig
 from fedrun.data import preprocessing
 from fedrun.data.preprocessing import Preprocessing
 from fedrun.data.source import ClientDataSource
+from fedrun.learning.buffered import BufferedComputations, build_buffered
 from fedrun.learning.client_work import timed_client_work
 from fedrun.learning.models import ModelSpec, create_model_fn
 from fedrun.learning.registry import CLIENT_LOOPS, OPTIMIZERS
@@ -32,6 +33,7 @@ class FederatedAlgorithm:
     eval_form: tff.framework.MergeableCompForm
     train_data: Callable[[list[str]], list]  # a cohort's training keys -> the client data a round sends
     eval_data: Callable[[list[str]], list]  # a cohort's test keys -> the client data evaluation sends
+    buffered: BufferedComputations | None = None  # buffered asynchronous aggregation's, if asked for
 
     @property
     def model_bytes(self) -> int:
@@ -56,9 +58,11 @@ def build_algorithm(
     data_placement: str = "workers",
     client_loop: str = "iterator",
     time_clients: bool = True,
+    buffered: bool = False,
 ) -> FederatedAlgorithm:
     """`time_clients`: each client's local training is timed on its worker (client_work); False
-    builds FedAvg with TFF's own `build_weighted_fed_avg`, as the tutorial does."""
+    builds FedAvg with TFF's own `build_weighted_fed_avg`, as the tutorial does. `buffered`: also
+    build buffered asynchronous aggregation's computations from the same parts."""
     prep = Preprocessing(epochs=epochs, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
     train_data = preprocessing.train_dataset_computation(source, prep)
     eval_data = preprocessing.eval_dataset_computation(source, prep)
@@ -71,9 +75,14 @@ def build_algorithm(
     loop = CLIENT_LOOPS[client_loop].load()
     client_opt = OPTIMIZERS[client_optimizer].load()(client_lr, client_momentum)
     server_opt = OPTIMIZERS[server_optimizer].load()(server_lr, server_momentum)
+    weights_type = _initial_weights(model_fn).type_signature.result
     if time_clients:
-        fed_avg = timed_fed_avg(model_fn, client_opt, server_opt, loop)
+        client_work = timed_client_work(model_fn, client_opt, loop)
+        fed_avg = timed_fed_avg(model_fn, client_work, server_opt)
     else:
+        client_work = tff.learning.templates.build_model_delta_client_work(
+            model_fn, client_opt, tff.learning.ClientWeighting.NUM_EXAMPLES, loop_implementation=loop
+        )
         fed_avg = tff.learning.algorithms.build_weighted_fed_avg(
             model_fn, client_optimizer_fn=client_opt, server_optimizer_fn=server_opt, loop_implementation=loop
         )
@@ -87,6 +96,14 @@ def build_algorithm(
         send_train = functools.partial(preprocessing.shipped_train_datasets, source, prep)
         send_eval = functools.partial(preprocessing.shipped_eval_datasets, source, prep)
 
+    async_parts = None
+    if buffered:
+        async_parts = build_buffered(
+            weights_type,
+            client_work,
+            tff.learning.templates.build_apply_optimizer_finalizer(server_opt, weights_type),
+            train_data if data_placement == "workers" else None,
+        )
     return FederatedAlgorithm(
         training=training,
         evaluation=evaluation,
@@ -94,23 +111,26 @@ def build_algorithm(
         eval_form=tff.backends.native.compile_to_mergeable_comp_form(evaluation.next),
         train_data=send_train,
         eval_data=send_eval,
+        buffered=async_parts,
     )
 
 
-def timed_fed_avg(
-    model_fn, client_optimizer, server_optimizer, loop
-) -> tff.learning.templates.LearningProcess:
-    """`build_weighted_fed_avg`, composed from the same TFF parts, with timed client work."""
-
+def _initial_weights(model_fn) -> tff.Computation:
     @tff.tensorflow.computation
     def initial_weights():
         return tff.learning.models.ModelWeights.from_model(model_fn())
 
+    return initial_weights
+
+
+def timed_fed_avg(model_fn, client_work, server_optimizer) -> tff.learning.templates.LearningProcess:
+    """`build_weighted_fed_avg`, composed from the same TFF parts, with timed client work."""
+    initial_weights = _initial_weights(model_fn)
     weights_type = initial_weights.type_signature.result
     return tff.learning.templates.compose_learning_process(
         initial_weights,
         tff.learning.templates.build_broadcast_process(weights_type),
-        timed_client_work(model_fn, client_optimizer, loop),
+        client_work,
         tff.aggregators.MeanFactory().create(weights_type.trainable, tff.TensorType(np.float32)),
         tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
     )
@@ -134,10 +154,11 @@ def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgor
         data_placement=config.data.placement,
         client_loop=w.client_loop,
         time_clients=config.observe.client_timing,
+        buffered=config.aggregation.buffered,
     )
 
 
-def _named(metrics: Mapping[str, Any]) -> dict[str, float]:
+def named_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """fedrun's names for a model's metrics: Keras models call accuracy by its metric's name."""
     accuracy = next(name for name in ("accuracy", "sparse_categorical_accuracy") if name in metrics)
     return {
@@ -149,9 +170,9 @@ def _named(metrics: Mapping[str, Any]) -> dict[str, float]:
 
 def train_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """FedAvg's client metrics (example-weighted over the round's clients)."""
-    return _named(metrics["client_work"]["train"])
+    return named_metrics(metrics["client_work"]["train"])
 
 
 def eval_metrics(metrics: Mapping[str, Any]) -> dict[str, float]:
     """Federated evaluation's metrics for this call (not accumulated over rounds)."""
-    return _named(metrics["client_work"]["eval"]["current_round_metrics"])
+    return named_metrics(metrics["client_work"]["eval"]["current_round_metrics"])

@@ -14,7 +14,7 @@ import numpy as np
 from fedrun.config import RunConfig
 from fedrun.errors import FedrunError
 from fedrun.learning.client_time import client_time_summary, merged
-from fedrun.loop.checkpoint import load_checkpoint, save_checkpoint
+from fedrun.loop.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from fedrun.loop.clock import WallClock
 from fedrun.loop.evaluation import Evaluator
 from fedrun.loop.records import RoundRecord, ShardRecord, percentiles
@@ -61,15 +61,22 @@ class Coordinator:
         server state."""
         for round_num in self._rounds_to_run(resume):
             self.should_stop()
-            cohort = self.selector.select(round_num, self.clock.now())
-            plan = self.policy.plan(round_num, cohort, self.clock.now())
-            outcome = self.runtime.train(round_num, self.state, plan.training)
+            plan = self.plan(round_num)
+            outcome = self.execute(round_num, plan)
             evaluation = self.evaluator.evaluate(round_num, outcome.state, plan.cohort)
             self.should_stop()  # a round not yet committed is abandoned, and runs again on resume
             self.commit(round_num, plan, outcome, evaluation)
         weights = self.state.global_model_weights
         self.run_dir.save_weights(list(weights.trainable), list(weights.non_trainable))
         return self.state
+
+    def plan(self, round_num: int) -> RoundPlan:
+        """Select and plan: who trains this round and who counts."""
+        cohort = self.selector.select(round_num, self.clock.now())
+        return self.policy.plan(round_num, cohort, self.clock.now())
+
+    def execute(self, round_num: int, plan: RoundPlan) -> TrainOutcome:
+        return self.runtime.train(round_num, self.state, plan.training)
 
     def commit(
         self, round_num: int, plan: RoundPlan, outcome: TrainOutcome, evaluation: EvalOutcome | None
@@ -83,13 +90,18 @@ class Coordinator:
             self.run_dir.clients.append_all(self._client_lines(round_num, plan))
         self.run_dir.rounds.append(record)
         every, last = self.config.output.checkpoint_every, self.config.workload.rounds
-        if round_num % every == 0 or round_num == last:
-            save_checkpoint(
-                self.run_dir.path, round_num, outcome.state, self.clock.now() if plan.simulated else 0.0
-            )
         self.state = outcome.state
+        if round_num % every == 0 or round_num == last:
+            self.checkpoint(round_num, self.clock.now() if plan.simulated else 0.0)
         self.on_round(record)
         return record
+
+    def checkpoint(self, round_num: int, clock_s: float) -> None:
+        save_checkpoint(self.run_dir.path, round_num, self.state, clock_s)
+
+    def restore(self) -> Checkpoint:
+        """The last checkpoint, with the state it holds."""
+        return load_checkpoint(self.run_dir.path, self.state)
 
     def _rounds_to_run(self, resume: bool) -> range:
         self.state = self.runtime.initial_state()
@@ -98,7 +110,7 @@ class Coordinator:
             _LOG.warning("no round of %s was finished; starting from round 1", self.run_dir.path)
             self.run_dir.start_fresh()
         elif resume:
-            checkpoint = load_checkpoint(self.run_dir.path, self.state)
+            checkpoint = self.restore()
             self.run_dir.rounds.keep_up_to(checkpoint.round)
             self.run_dir.clients.keep_up_to(checkpoint.round)
             self.state, done = checkpoint.state, checkpoint.round

@@ -53,6 +53,9 @@ class RoundRecord:
     lost_copies: list[dict[str, Any]] = field(default_factory=list)
     slowed: dict[str, dict[str, Any]] = field(default_factory=dict)  # worker -> factor, mechanism
     speeds: dict[str, float] | None = None  # speed-sized shards: seconds per unit of work, by worker
+    # Buffered-async: the server version this update made, its results' staleness (p50, max,
+    # mean), results discarded since the last update by reason, clients started and in flight.
+    buffered: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

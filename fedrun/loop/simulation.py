@@ -14,7 +14,7 @@ from cluster import WorkerBackend, create_backend
 from fedrun.config import RunConfig
 from fedrun.data.registry import SourceOptions, create_source
 from fedrun.errors import FedrunError
-from fedrun.loop.coordinator import Coordinator
+from fedrun.loop.buffered import coordinator_class
 from fedrun.loop.run_dir import WORKERS, RunDirectory
 from fedrun.observe.observers import Observers, RunObserver
 
@@ -129,7 +129,7 @@ def simulate(
                 events = Observers(observers)
                 events.on_start(config, backend.workers())
                 try:
-                    coordinator = Coordinator(
+                    coordinator = coordinator_class(config)(
                         config, source, runtime, run_dir, events.on_round, should_stop=should_stop
                     )
                     coordinator.run(resume)

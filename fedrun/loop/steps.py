@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from fedrun.asynchrony.schedule import BufferedSchedule
 from fedrun.config import RunConfig
 from fedrun.data.keys import TRAIN
 from fedrun.loop.clock import VirtualClock, WallClock
@@ -35,6 +36,7 @@ class RoundSteps:
     system: SystemModel | None = None
     participation: Participation | None = None
     speed_groups: dict[str, Cohort] | None = None  # evaluation groups by device speed quartile
+    schedule: BufferedSchedule | None = None  # buffered-async: the clients' schedule on the virtual clock
 
 
 def round_steps(config: RunConfig, source: ClientDataSource, model_bytes: int) -> RoundSteps:
@@ -62,6 +64,25 @@ def round_steps(config: RunConfig, source: ClientDataSource, model_bytes: int) -
         system,
         Participation(source.population, device_s, *bounds),
         speed_groups(device_s, source, seed, config.eval.sample_size),
+        buffered_schedule(config, system, selector),
+    )
+
+
+def buffered_schedule(
+    config: RunConfig, system: SystemModel, selector: UniformSelector
+) -> BufferedSchedule | None:
+    """With --aggregation buffered-async, the schedule its server updates follow."""
+    aggregation = config.aggregation
+    if not aggregation.buffered:
+        return None
+    return BufferedSchedule(
+        system,
+        selector.select,
+        buffer_size=aggregation.buffer_size,
+        concurrency=aggregation.max_concurrency,
+        max_staleness=aggregation.max_staleness,
+        dropout=config.policy.dropout,
+        seed=config.workload.seed,
     )
 
 

@@ -3,20 +3,23 @@ clients, and return everything that happened as one outcome object."""
 
 from __future__ import annotations
 
+import collections
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from cluster import Slowdown, WorkerBackend
-from fedrun.learning.algorithm import FederatedAlgorithm, eval_metrics, train_metrics
+from fedrun.learning.algorithm import FederatedAlgorithm, eval_metrics, named_metrics, train_metrics
 from fedrun.learning.client_time import partial_client_time
 from fedrun.runtime.dispatch import Dispatcher, LostCopy, ShardTiming, Traffic, WorkerFailure
 from fedrun.runtime.session import WorkerSession
-from fedrun.runtime.sharded import run_sharded
+from fedrun.runtime.sharded import ShardedResult, run_sharded, run_shards
 from fedrun.runtime.speeds import WorkerSpeeds
 from fedrun.selection.cohort import Cohort
-from fedrun.selection.sharding import SHARD_SIZINGS, Shard, make_shards
+from fedrun.selection.sharding import SHARD_SIZINGS, Shard, make_shards, split_at
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,15 @@ class ShardRun:
     shard: Shard  # which of the cohort's clients it trained
     timing: ShardTiming
     client_time: dict[str, Any] | None = None  # its clients' measured training times (histogram, ...)
+
+
+@dataclass(frozen=True)
+class TrainingGroup:
+    """Clients of a buffered-async update that trained from one server version."""
+
+    positions: tuple[int, ...]  # in the update's cohort, ascending and contiguous
+    weights: Any  # that version's model weights
+    staleness_weight: float
 
 
 @dataclass(frozen=True)
@@ -143,9 +155,52 @@ class RoundRuntime:
         )
         if self._speeds is not None:
             self._speeds.update(shards, result.timings, cohort.sizes)
+        return self._outcome(
+            result, shards, result.value.state, train_metrics(result.value.metrics), recycled, start
+        )
+
+    def train_buffered(
+        self, round_num: int, state: Any, cohort: Cohort, groups: Sequence[TrainingGroup]
+    ) -> TrainOutcome:
+        """One buffered-async server update from `state`: each group of the cohort's clients
+        trains from its own start weights, its results scaled by its staleness weight; every
+        shard's sum folds into one, and the server step applies it (learning.buffered)."""
+        recycled = self._recycle_if_due(round_num)
+        start = time.monotonic()
+        parts = self.algorithm.buffered
+        group_of = {p: group for group in groups for p in group.positions}
+        shards = split_at(
+            make_shards(cohort.sizes, self._num_shards), lambda p: group_of[p].positions[0]
+        )
+        server_args = [
+            collections.OrderedDict(
+                weights=group_of[shard.positions[0]].weights,
+                staleness_weight=np.float32(group_of[shard.positions[0]].staleness_weight),
+            )
+            for shard in shards
+        ]
+        result = run_shards(
+            self.dispatcher, parts.client_form, server_args, self.algorithm.train_data(cohort.keys), shards
+        )
+        total, examples, measurements = result.value
+        finalizer, weights = self.dispatcher.call(
+            parts.server_step, [state.finalizer, state.global_model_weights, total, examples]
+        )
+        new_state = state._replace(global_model_weights=weights, finalizer=finalizer)
+        return self._outcome(result, shards, new_state, named_metrics(measurements["train"]), recycled, start)
+
+    def _outcome(
+        self,
+        result: ShardedResult,
+        shards: list[Shard],
+        state: Any,
+        metrics: dict[str, float],
+        recycled: list[str],
+        start: float,
+    ) -> TrainOutcome:
         return TrainOutcome(
-            state=result.value.state,
-            metrics=train_metrics(result.value.metrics),
+            state=state,
+            metrics=metrics,
             shards=[
                 ShardRun(shards[t.shard], t, partial_client_time(result.partials[t.shard]))
                 for t in result.timings

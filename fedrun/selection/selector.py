@@ -25,9 +25,11 @@ class UniformSelector:
         self._seed = seed
         self._count = count
 
-    def select(self, round_num: int, now_s: float) -> Cohort:
+    def select(self, round_num: int, now_s: float, count: int | None = None) -> Cohort:
+        """`count` clients (default: the selector's), drawn from the round's stream."""
         del now_s  # every client is always available
-        return training_cohort(self._source, self._seed, round_num, self._count)
+        count = min(count or self._count, self._source.population)
+        return training_cohort(self._source, self._seed, round_num, count)
 
 
 class AvailableSelector(UniformSelector):
@@ -41,23 +43,24 @@ class AvailableSelector(UniformSelector):
         super().__init__(source, seed, count)
         self._available = available
 
-    def select(self, round_num: int, now_s: float) -> Cohort:
+    def select(self, round_num: int, now_s: float, count: int | None = None) -> Cohort:
         population = self._source.population
+        wanted = count or self._count
         rng = round_rng(self._seed, round_num, "sample_available")
         chosen: list[int] = []
         seen: set[int] = set()
         draws = 0
         while (
-            len(chosen) < self._count
-            and draws < _MAX_DRAWS_PER_CLIENT * self._count
+            len(chosen) < wanted
+            and draws < _MAX_DRAWS_PER_CLIENT * wanted
             and len(seen) < population
         ):
-            for client in rng.integers(0, population, size=2 * self._count).tolist():
+            for client in rng.integers(0, population, size=2 * wanted).tolist():
                 draws += 1
                 if client not in seen:
                     seen.add(client)
                     if self._available(client, now_s):
                         chosen.append(client)
-                        if len(chosen) == self._count:
+                        if len(chosen) == wanted:
                             break
         return cohort_of(self._source, self._seed, round_num, np.array(chosen, dtype=np.int64))

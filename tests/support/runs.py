@@ -11,7 +11,7 @@ from fedrun.bench.reference import reference_training, tff_local_context
 from fedrun.config import RunConfig
 from fedrun.data.source import ClientDataSource
 from fedrun.learning.algorithm import FederatedAlgorithm
-from fedrun.loop.coordinator import Coordinator
+from fedrun.loop.buffered import coordinator_class
 from fedrun.loop.run_dir import RunDirectory
 from fedrun.loop.simulation import runtime_over
 from fedrun.runtime.dispatch import Dispatcher
@@ -44,7 +44,7 @@ def run_coordinator(
             dispatcher = Dispatcher([WorkerSession(w, timeout) for w in backend.workers()], backend.is_alive)
             runtime = RoundRuntime(dispatcher, algorithm, config.num_shards, config.dispatch.recycle_every)
         try:
-            state = Coordinator(config, source, runtime, run_dir).run()
+            state = coordinator_class(config)(config, source, runtime, run_dir).run()
         finally:
             runtime.close()
     return state, [record.to_json() for record in run_dir.rounds.read()]
