@@ -146,7 +146,11 @@ class BufferedSchedule:
             self.now = finishing.finish_s
             self._free += 1
             reason = finishing.lost
-            if reason is None and self._max_staleness and self.version - finishing.version > self._max_staleness:
+            if (
+                reason is None
+                and self._max_staleness
+                and self.version - finishing.version > self._max_staleness
+            ):
                 reason = "stale"
             if reason is None:
                 self._buffer.append(finishing)
@@ -185,7 +189,15 @@ class BufferedSchedule:
                 if not self._system.available(client, self.now + time.total_s):
                     lost = "unavailable"
             flight = Flight(
-                self._seq, batch, client, candidates.keys[position], examples, self.version, self.now, time, lost
+                self._seq,
+                batch,
+                client,
+                candidates.keys[position],
+                examples,
+                self.version,
+                self.now,
+                time,
+                lost,
             )
             heapq.heappush(self._in_flight, (flight.finish_s, flight.seq, flight))
             self._seq += 1

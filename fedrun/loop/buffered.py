@@ -92,7 +92,9 @@ class BufferedCoordinator(Coordinator):
         self.versions = dict(zip(checkpoint.extra["versions"], checkpoint.state["versions"]))
         return dataclasses.replace(checkpoint, state=checkpoint.state["server"])
 
-    def _record(self, round_num: int, plan: UpdatePlan, outcome: TrainOutcome, evaluation: Any) -> RoundRecord:
+    def _record(
+        self, round_num: int, plan: UpdatePlan, outcome: TrainOutcome, evaluation: Any
+    ) -> RoundRecord:
         record = super()._record(round_num, plan, outcome, evaluation)
         update = plan.update
         staleness = [update.staleness(f) for f in update.results]

@@ -169,9 +169,7 @@ class RoundRuntime:
         start = time.monotonic()
         parts = self.algorithm.buffered
         group_of = {p: group for group in groups for p in group.positions}
-        shards = split_at(
-            make_shards(cohort.sizes, self._num_shards), lambda p: group_of[p].positions[0]
-        )
+        shards = split_at(make_shards(cohort.sizes, self._num_shards), lambda p: group_of[p].positions[0])
         server_args = [
             collections.OrderedDict(
                 weights=group_of[shard.positions[0]].weights,

@@ -50,11 +50,7 @@ class AvailableSelector(UniformSelector):
         chosen: list[int] = []
         seen: set[int] = set()
         draws = 0
-        while (
-            len(chosen) < wanted
-            and draws < _MAX_DRAWS_PER_CLIENT * wanted
-            and len(seen) < population
-        ):
+        while len(chosen) < wanted and draws < _MAX_DRAWS_PER_CLIENT * wanted and len(seen) < population:
             for client in rng.integers(0, population, size=2 * wanted).tolist():
                 draws += 1
                 if client not in seen:

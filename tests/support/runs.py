@@ -13,6 +13,7 @@ from fedrun.data.source import ClientDataSource
 from fedrun.learning.algorithm import FederatedAlgorithm
 from fedrun.loop.buffered import coordinator_class
 from fedrun.loop.run_dir import RunDirectory
+from fedrun.loop.steps import RoundSteps
 from fedrun.loop.simulation import runtime_over
 from fedrun.runtime.dispatch import Dispatcher
 from fedrun.runtime.execution import RoundRuntime
@@ -26,10 +27,12 @@ def run_coordinator(
     out: Path,
     backend: WorkerBackend | None = None,
     replace: bool = True,
+    steps: RoundSteps | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Final server state and the rounds.jsonl records of a run over `backend`'s started
     workers, or over `config.workers.count` local workers started (and stopped) here. Without
-    `replace`, a failed worker's slot is dropped rather than refilled."""
+    `replace`, a failed worker's slot is dropped rather than refilled. `steps`: the loop's steps
+    (default: those the configuration makes)."""
     run_dir = RunDirectory(out)
     run_dir.create()
     run_dir.start_fresh()
@@ -44,7 +47,7 @@ def run_coordinator(
             dispatcher = Dispatcher([WorkerSession(w, timeout) for w in backend.workers()], backend.is_alive)
             runtime = RoundRuntime(dispatcher, algorithm, config.num_shards, config.dispatch.recycle_every)
         try:
-            state = coordinator_class(config)(config, source, runtime, run_dir).run()
+            state = coordinator_class(config)(config, source, runtime, run_dir, steps=steps).run()
         finally:
             runtime.close()
     return state, [record.to_json() for record in run_dir.rounds.read()]
