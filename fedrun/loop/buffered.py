@@ -115,6 +115,7 @@ class BufferedCoordinator(Coordinator):
                 "max": max(staleness, default=0),
                 "mean": float(np.mean(staleness)) if staleness else 0.0,
             },
+            "staleness_counts": {str(s): n for s, n in sorted(Counter(staleness).items())},
             "discarded": {reason: discarded[reason] for reason in DISCARD_REASONS},
             "versions_kept": len(self.versions),
         }

@@ -54,7 +54,8 @@ class RoundRecord:
     slowed: dict[str, dict[str, Any]] = field(default_factory=dict)  # worker -> factor, mechanism
     speeds: dict[str, float] | None = None  # speed-sized shards: seconds per unit of work, by worker
     # Buffered-async: the server version this update made, its results' staleness (p50, max,
-    # mean), results discarded since the last update by reason, clients started and in flight.
+    # mean, and results by staleness), results discarded since the last update by reason,
+    # clients started and in flight.
     buffered: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:

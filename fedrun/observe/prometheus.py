@@ -48,6 +48,8 @@ DURATION_BUCKETS = (
 )
 # Simulated rounds of devices: from a second to a day.
 SIMULATED_BUCKETS = (1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400, float("inf"))
+# Server versions a buffered-async result is behind by (FedBuff's staleness).
+STALENESS_BUCKETS = (0, 1, 2, 4, 8, 16, 32, 64, 128, float("inf"))
 PUSH_TIMEOUT_S = 5.0  # a push happens in the round loop: a dead gateway must not stall it for long
 
 
@@ -214,6 +216,23 @@ class PrometheusMetrics:
         )
         for reason in DROP_REASONS:
             self.dropped.labels(reason)
+        # Buffered-async aggregation (--aggregation buffered-async): versions, staleness, buffer.
+        self.server_version = gauge(
+            "fedrun_server_model_version", "Server model version after the last buffered-async update."
+        )
+        self.in_flight = gauge(
+            "fedrun_clients_in_flight",
+            "Clients training on the virtual clock at the last buffered-async update.",
+        )
+        self.buffered = counter(
+            "fedrun_buffered_results_total", "Client results applied by buffered-async updates."
+        )
+        self.staleness = Histogram(
+            "fedrun_update_staleness_versions",
+            "Server versions between the model a counted result trained from and the update that applied it.",
+            buckets=STALENESS_BUCKETS,
+            registry=registry,
+        )
         self.rounds_planned = gauge("fedrun_rounds_planned", "Training rounds the run is configured for.")
         self.workers_alive = gauge("fedrun_workers_alive", "Workers in the pool, as of the last round's end.")
         self.train_loss = gauge("fedrun_train_loss", "Mean client loss during local training, last round.")
@@ -264,6 +283,8 @@ class PrometheusMetrics:
                 self.train_accuracy.set(record.train["accuracy"])
             if record.sim is not None:
                 self._observe_simulated(record.sim)
+            if record.buffered is not None:
+                self._observe_buffered(record.buffered)
             for group, metrics in record.eval.items():
                 self.eval_loss.labels(group).set(metrics["loss"])
                 self.eval_accuracy.labels(group).set(metrics["accuracy"])
@@ -290,6 +311,14 @@ class PrometheusMetrics:
             self.abandoned.inc()
         if sim["participation"]:
             self.never_participated.set(sim["participation"]["never_fraction"])
+
+    def _observe_buffered(self, buffered: dict) -> None:
+        self.server_version.set(buffered["version"])
+        self.in_flight.set(buffered["in_flight"])
+        self.buffered.inc(buffered["buffered"])
+        for staleness, count in buffered["staleness_counts"].items():
+            for _ in range(count):
+                self.staleness.observe(int(staleness))
 
     def on_end(self) -> None:
         self._push()

@@ -77,6 +77,7 @@ def summary_rows(records: Sequence[RoundRecord], config: RunConfig | None) -> li
     rows += measured_client_rows(records)
     rows += straggler_rows(records)
     rows += simulated_rows(records)
+    rows += buffered_rows(records)
     evaluated = [r for r in records if r.eval]
     if evaluated:
         for group, metrics in evaluated[-1].eval.items():
@@ -177,6 +178,27 @@ def simulated_rows(records: Sequence[RoundRecord]) -> list[tuple[str, str]]:
             ),
         ]
     return rows
+
+
+def buffered_rows(records: Sequence[RoundRecord]) -> list[tuple[str, str]]:
+    """With buffered-async aggregation: versions, staleness and discarded results."""
+    updates = [r.buffered for r in records if r.buffered is not None]
+    if not updates:
+        return []
+    staleness = [int(s) for u in updates for s, n in u["staleness_counts"].items() for _ in range(n)]
+    discarded = {reason: sum(u["discarded"][reason] for u in updates) for reason in updates[-1]["discarded"]}
+    return [
+        ("server version (buffered-async updates)", f"{updates[-1]['version']}"),
+        (
+            "staleness of counted results p50 / p95 / max",
+            " / ".join(f"{np.percentile(staleness, q):.0f}" for q in (50, 95))
+            + f" / {max(staleness)} versions",
+        ),
+        (
+            "results discarded, by reason",
+            ", ".join(f"{reason} {count}" for reason, count in discarded.items()),
+        ),
+    ]
 
 
 def text_table(rows: Sequence[tuple[str, str]]) -> str:

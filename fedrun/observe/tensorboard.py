@@ -50,6 +50,17 @@ def round_scalars(record: RoundRecord) -> dict[str, dict[str, float]]:
                 **{f"simulated/dropped_{reason}": count for reason, count in sim["dropped"].items()},
             }
         )
+    if record.buffered is not None:
+        buffered = record.buffered
+        runs["round"].update(
+            {
+                "buffered/version": buffered["version"],
+                "buffered/in_flight": buffered["in_flight"],
+                "buffered/results": buffered["buffered"],
+                **{f"buffered/staleness_{key}": value for key, value in buffered["staleness"].items()},
+                **{f"buffered/discarded_{reason}": n for reason, n in buffered["discarded"].items()},
+            }
+        )
     for group, metrics in record.eval.items():
         runs[f"eval_{group}"] = {"model/loss": metrics["loss"], "model/accuracy": metrics["accuracy"]}
     return runs

@@ -13,8 +13,8 @@ from fedrun.data.source import ClientDataSource
 from fedrun.learning.algorithm import FederatedAlgorithm
 from fedrun.loop.buffered import coordinator_class
 from fedrun.loop.run_dir import RunDirectory
-from fedrun.loop.steps import RoundSteps
 from fedrun.loop.simulation import runtime_over
+from fedrun.loop.steps import RoundSteps
 from fedrun.runtime.dispatch import Dispatcher
 from fedrun.runtime.execution import RoundRuntime
 from fedrun.runtime.session import WorkerSession

@@ -303,3 +303,37 @@ def test_the_simulated_federation_is_exported(registry):
     assert value("fedrun_rounds_abandoned_total") == 1
     assert value("fedrun_clients_never_participated_ratio") == 0.95
     assert value("fedrun_train_loss") == 1.5  # the abandoned round trained no one: the last loss stays
+
+
+def buffered(record: RoundRecord, version: int, staleness_counts: dict[str, int]) -> RoundRecord:
+    return dataclasses.replace(
+        simulated(record, round_s=5.0, clock_s=5.0 * version),
+        buffered={
+            "version": version,
+            "clock_s": 5.0 * version,
+            "buffered": sum(staleness_counts.values()),
+            "started": 4,
+            "in_flight": 12,
+            "staleness": {"p50": 1.0, "max": 3, "mean": 1.2},
+            "staleness_counts": staleness_counts,
+            "discarded": {"stale": 1, "dropout": 0, "unavailable": 0},
+            "versions_kept": 3,
+        },
+    )
+
+
+def test_buffered_async_versions_staleness_and_buffer_are_exported(registry):
+    metrics = PrometheusMetrics(registry)
+    metrics.on_start(RunConfig(), WORKERS)
+    metrics.on_round(buffered(round_record(1), 1, {"0": 4}))
+    metrics.on_round(buffered(round_record(2), 2, {"0": 1, "1": 2, "3": 1}))
+    value = registry.get_sample_value
+
+    assert value("fedrun_server_model_version") == 2
+    assert value("fedrun_clients_in_flight") == 12
+    assert value("fedrun_buffered_results_total") == 8
+    assert value("fedrun_update_staleness_versions_count") == 8
+    assert value("fedrun_update_staleness_versions_bucket", {"le": "0.0"}) == 5
+    assert value("fedrun_update_staleness_versions_bucket", {"le": "2.0"}) == 7
+    assert value("fedrun_update_staleness_versions_sum") == 5
+    assert value("fedrun_clients_dropped_total", {"reason": "deadline"}) == 4  # the sim dict's

@@ -14,6 +14,7 @@ from fedrun.errors import FedrunError
 from fedrun.loop.records import RoundRecord, ShardRecord
 from fedrun.loop.run_dir import RoundsFile
 from fedrun.observe.summary import running_time
+from fedrun.observe.tensorboard import round_scalars
 from fedrun.report.figures import worker_timeline
 from fedrun.report.writer import write_report
 
@@ -236,3 +237,46 @@ def test_a_run_with_a_system_model_gets_its_simulated_figures_and_rows(tmp_path)
     assert table["rounds abandoned"] == "1"
     assert table["clients reported / selected, all rounds"] == "15 / 24"
     assert table["train loss / accuracy (round 6)"].startswith(f"{2.2 - 6 / 30:.4f}")
+
+
+def test_a_buffered_async_run_reports_versions_staleness_and_discards(tmp_path):
+    records = write_run(tmp_path, rounds=3, planned=3)
+    lines = []
+    for record in records:
+        counts = {"0": 2, str(record.round): 2}
+        sim = {
+            "round_s": 4.0,
+            "clock_s": 4.0 * record.round,
+            "selected": 4,
+            "reported": 4,
+            "abandoned": False,
+            "dropped": {"deadline": 0, "over_selection": 0, "dropout": 1, "unavailable": 0, "stale": 2},
+            "client_s": {"p50": 4.0, "p95": 9.0, "p99": 9.9, "max": 10.0},
+            "participation": {},
+        }
+        staleness = {"p50": 0.5, "max": record.round, "mean": record.round / 2}
+        update = {
+            "version": record.round,
+            "clock_s": 4.0 * record.round,
+            "buffered": 4,
+            "started": 4,
+            "in_flight": 8,
+            "staleness": staleness,
+            "staleness_counts": counts,
+            "discarded": {"stale": 2, "dropout": 1, "unavailable": 0},
+            "versions_kept": 2,
+        }
+        changed = dataclasses.replace(record, sim=sim, buffered=update)
+        lines.append(json.dumps(dataclasses.asdict(changed)) + "\n")
+    (tmp_path / "rounds.jsonl").write_text("".join(lines))
+
+    table = summary_table(write_report(tmp_path))
+
+    assert table["server version (buffered-async updates)"] == "3"
+    # staleness of the 12 counted results: 0 x6, 1 x2, 2 x2, 3 x2
+    assert table["staleness of counted results p50 / p95 / max"] == "0 / 3 / 3 versions"
+    assert table["results discarded, by reason"] == "stale 6, dropout 3, unavailable 0"
+    assert (tmp_path / "report" / "accuracy_simulated_time.png").exists()
+    scalars = round_scalars(RoundRecord.from_json(json.loads(lines[-1])))["round"]
+    assert scalars["buffered/version"] == 3 and scalars["buffered/staleness_max"] == 3
+    assert scalars["buffered/discarded_stale"] == 2 and scalars["simulated/dropped_stale"] == 2
