@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 import psutil
 
-from fedrun.bench.config import MEMORY_CHECKPOINT_ROUND, SYSTEMS, WORKLOAD_FLAGS, BenchConfig
+from fedrun.bench.config import (
+    MEMORY_CHECKPOINT_ROUND,
+    SYSTEMS,
+    TARGET_BUFFERED_THROUGHPUT,
+    WORKLOAD_FLAGS,
+    BenchConfig,
+)
 from fedrun.bench.process_tree import PeakMemorySampler
 from fedrun.bench.statistics import (
     agreement,
@@ -37,6 +43,7 @@ from fedrun.bench.statistics import (
 )
 from fedrun.bench.systems import build_and_start, system_processes
 from fedrun.bench.tables import (
+    buffered_table,
     comparison_table,
     memory_table,
     repeats_table,
@@ -176,6 +183,42 @@ def stragglers(bench: BenchConfig) -> dict[str, Any]:
     }
 
 
+def buffered(bench: BenchConfig) -> dict[str, Any]:
+    """Wall throughput of buffered-async aggregation (B results per server update, C clients in
+    flight on the lognormal virtual clock) beside synchronous FedAvg with K = B clients per round
+    on the same kind of pool: the same number of clients per server step; updates interleaved."""
+    config = bench.workload
+    aggregation = config.aggregation
+    size = aggregation.buffer_size
+    specs = {
+        f"sync FedAvg, K = {size}": ("fedrun", config.replace(workload={"clients_per_round": size})),
+        f"buffered-async, B = {size}, C = {aggregation.max_concurrency}": (
+            "fedrun_buffered",
+            config.replace(system={"model": "lognormal"}, aggregation={"mode": "buffered-async"}),
+        ),
+    }
+    with PeakMemorySampler() as sampler, system_processes(specs, sampler) as children:
+        build_and_start(children)
+        by_variant = _interleaved(
+            [(name, size) for name in specs], config.workload.rounds, _next_rounds(children)
+        )
+    rows = []
+    for name in specs:
+        records = by_variant[(name, size)]
+        latencies = [r["latency_s"] for r in records]
+        rows.append(
+            {
+                "variant": name,
+                "round_latency_median_s": float(np.median(latencies)),
+                "examples_per_s": sum(r["num_examples"] for r in records) / sum(latencies),
+                "latencies_s": latencies,
+            }
+        )
+    for row in rows:
+        row["throughput_vs_sync"] = row["examples_per_s"] / rows[0]["examples_per_s"]
+    return {"rounds": config.workload.rounds, "target": TARGET_BUFFERED_THROUGHPUT, "rows": rows}
+
+
 def _next_rounds(children: dict[str, Any]) -> Callable[[str, int], dict[str, Any]]:
     """`run(name, clients)`: the next round of that system with that many clients, its record."""
     next_round = dict.fromkeys(children, 1)
@@ -268,6 +311,9 @@ def run_bench(bench: BenchConfig, print_line: Callable[[str], None] = print) -> 
     if bench.stragglers:
         result["stragglers"] = stragglers(bench)
         print_line(stragglers_table(result["stragglers"]))
+    if bench.buffered:
+        result["buffered"] = buffered(bench)
+        print_line(buffered_table(result["buffered"]))
     if bench.rounds_memory:
         result["rounds_memory"] = rounds_memory(bench, print_line)
         print_line(memory_table(result["rounds_memory"]))

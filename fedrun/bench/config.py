@@ -40,6 +40,9 @@ WORKLOAD_FLAGS = (
     "worker-intra-op-threads",
     "worker-inter-op-threads",
     "workers",
+    "buffer-size",
+    "max-concurrency",
+    "staleness-weight",
 )
 DEFAULT_SCALE_CLIENTS = (16, 32, 64, 128, 256, 512, 1024)
 MEMORY_CHECKPOINT_ROUND = 10  # --rounds-memory reports the peak after this round and after the last
@@ -58,6 +61,8 @@ TARGET_RATIO = 1.7
 # What timing each client on its worker may cost: fedrun's round latency over the same rounds
 # with TFF's untimed FedAvg (per-round pairs).
 TARGET_TIMING_OVERHEAD = 1.02
+# Buffered-async's wall examples/s over synchronous FedAvg's with K = B on the same workers.
+TARGET_BUFFERED_THROUGHPUT = 0.8
 # Checked on the tree's summed RSS: an upper bound that, unlike PSS, other processes do not move.
 TARGET_PEAK_MEMORY_BYTES = int(1.2 * 2**30)
 
@@ -75,6 +80,7 @@ class BenchConfig:
     repeat: int = 1  # comparisons run one after another; the median one is reported
     stragglers: bool = False  # also: one worker slowed, and what each mitigation does about it
     slow_factor: float = 4.0  # how much slower the slowed worker is made
+    buffered: bool = False  # also: buffered-async aggregation's throughput beside synchronous FedAvg
 
     @property
     def reference_workload(self) -> bool:
@@ -181,6 +187,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="how many times slower --stragglers makes its slow worker (default: %(default)s)",
     )
     parser.add_argument(
+        "--buffered",
+        action="store_true",
+        help="also measure buffered-async aggregation's wall throughput (--buffer-size, "
+        "--max-concurrency, lognormal devices) beside synchronous FedAvg with as many clients per round",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -216,6 +228,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             repeat=args.repeat,
             stragglers=args.stragglers,
             slow_factor=args.slow_factor,
+            buffered=args.buffered,
         )
     except ValueError as e:
         raise FedrunError(f"invalid benchmark configuration: {e}") from None

@@ -71,24 +71,54 @@ class _Fedrun(_TffSystem):
         cohort = UniformSelector(self.source, self.workload.workload.seed, clients).select(round_num, 0.0)
         outcome = self.runtime.train(round_num, self.state, self.policy.plan(round_num, cohort, 0.0).training)
         self.state = outcome.state
+        return _round_result(outcome, cohort, clients)
+
+
+class _FedrunBuffered(_Fedrun):
+    """fedrun's buffered-async loop (FedBuff) on the same kind of pool: a round is one server
+    update of the configured buffer size, planned and executed as BufferedCoordinator does."""
+
+    def start(self) -> None:
+        from fedrun.loop.buffered import BufferedCoordinator
+        from fedrun.loop.run_dir import RunDirectory
+
+        super().start()
+        scratch = Path(self._stack.enter_context(tempfile.TemporaryDirectory(prefix="fedrun-bench-")))
+        self.loop = BufferedCoordinator(self.workload, self.source, self.runtime, RunDirectory(scratch))
+        self.loop.state = self.state
+
+    def train_round(self, round_num: int, clients: int) -> dict[str, Any]:
+        del clients  # the buffer size decides
+        plan = self.loop.plan(round_num)
+        outcome = self.loop.execute(round_num, plan)
+        self.loop.keep_version(plan.update.version, outcome.state)
+        self.loop.state = self.state = outcome.state
         return {
-            **outcome.metrics,
-            "clients": clients,
-            "bytes_to_workers": outcome.traffic.sent,
-            "coordinator_latency_s": outcome.wall_s,
-            "copies": outcome.backups,
-            "copy_wins": sum(run.timing.backup for run in outcome.shards),
-            "slowed": {worker: slowdown.mechanism for worker, slowdown in outcome.slowed.items()},
-            "shards": [
-                {
-                    "worker": run.timing.worker,
-                    "examples": int(sum(cohort.sizes[p] for p in run.shard.positions)),
-                    "start": run.timing.start - outcome.start,
-                    "end": run.timing.end - outcome.start,
-                }
-                for run in outcome.shards
-            ],
+            **_round_result(outcome, plan.cohort, len(plan.cohort.clients)),
+            "staleness_max": max(plan.update.staleness(f) for f in plan.update.results),
         }
+
+
+def _round_result(outcome: Any, cohort: Any, clients: int) -> dict[str, Any]:
+    """What a fedrun round command returns: metrics, traffic, shards, stragglers' records."""
+    return {
+        **outcome.metrics,
+        "clients": clients,
+        "bytes_to_workers": outcome.traffic.sent,
+        "coordinator_latency_s": outcome.wall_s,
+        "copies": outcome.backups,
+        "copy_wins": sum(run.timing.backup for run in outcome.shards),
+        "slowed": {worker: slowdown.mechanism for worker, slowdown in outcome.slowed.items()},
+        "shards": [
+            {
+                "worker": run.timing.worker,
+                "examples": int(sum(cohort.sizes[p] for p in run.shard.positions)),
+                "start": run.timing.start - outcome.start,
+                "end": run.timing.end - outcome.start,
+            }
+            for run in outcome.shards
+        ],
+    }
 
 
 class _TffLocal(_TffSystem):
@@ -172,6 +202,7 @@ class _TfLoop:
 
 _KINDS: dict[str, Callable[[RunConfig], Any]] = {
     "fedrun": _Fedrun,
+    "fedrun_buffered": _FedrunBuffered,
     "tff_local": _TffLocal,
     "tf_loop": _TfLoop,
 }

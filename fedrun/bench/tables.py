@@ -127,6 +127,23 @@ def stragglers_table(result: dict[str, Any]) -> str:
     )
 
 
+def buffered_table(result: dict[str, Any]) -> str:
+    rows = [
+        [
+            r["variant"],
+            f"{r['round_latency_median_s']:.3f}",
+            f"{r['examples_per_s']:,.0f}",
+            f"{r['throughput_vs_sync']:.2f}x",
+        ]
+        for r in result["rows"]
+    ]
+    return (
+        f"wall throughput of buffered-async aggregation beside synchronous FedAvg, {result['rounds']} "
+        f"updates each, interleaved (target: buffered-async >= {result['target']:.0%} of sync)\n"
+        + _table(["", "p50 s per update", "examples/s", "vs sync"], rows)
+    )
+
+
 def memory_table(memory: dict[str, Any]) -> str:
     rows = [
         [f"after round {k}", _mib(v["peak_tree_rss_bytes"]), _mib(v["peak_tree_pss_bytes"])]

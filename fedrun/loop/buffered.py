@@ -64,10 +64,14 @@ class BufferedCoordinator(Coordinator):
     def commit(
         self, round_num: int, plan: UpdatePlan, outcome: TrainOutcome, evaluation: EvalOutcome | None
     ) -> RoundRecord:
-        self.versions[plan.update.version] = outcome.state.global_model_weights
-        in_use = self.schedule.versions_in_use() | {plan.update.version}
-        self.versions = {v: w for v, w in self.versions.items() if v in in_use}
+        self.keep_version(plan.update.version, outcome.state)
         return super().commit(round_num, plan, outcome, evaluation)
+
+    def keep_version(self, version: int, state: Any) -> None:
+        """Keeps the new version's weights; forgets those no client trains from any more."""
+        self.versions[version] = state.global_model_weights
+        in_use = self.schedule.versions_in_use() | {version}
+        self.versions = {v: w for v, w in self.versions.items() if v in in_use}
 
     def checkpoint(self, round_num: int, clock_s: float) -> None:
         versions = sorted(self.versions)

@@ -54,6 +54,11 @@ def result(tmp_path_factory):
             "--stragglers",
             "--slow-factor",
             "3",
+            "--buffered",
+            "--buffer-size",
+            "4",
+            "--max-concurrency",
+            "8",
             "--out",
             str(out),
         ),
@@ -70,6 +75,7 @@ def result(tmp_path_factory):
         "round latency vs workers",
         "process-tree memory over 12 rounds",
         "round latency with worker local-1:3 slowed",
+        "wall throughput of buffered-async aggregation",
         "targets",
     ):
         assert heading in run.stdout
@@ -196,3 +202,13 @@ def test_stragglers_table(result):
         assert row["copy_wins"] <= row["copies"]
     assert rows["no straggler"]["median_vs_no_straggler"] == 1.0
     assert all(row["copies"] == 0 for name, row in rows.items() if "speculative" not in name)
+
+
+def test_buffered_async_throughput_is_measured_beside_sync(result):
+    rows = {row["variant"]: row for row in result["buffered"]["rows"]}
+    assert set(rows) == {"sync FedAvg, K = 4", "buffered-async, B = 4, C = 8"}
+    for row in rows.values():
+        assert len(row["latencies_s"]) == ROUNDS and row["examples_per_s"] > 0
+        assert row["round_latency_median_s"] == np.median(row["latencies_s"])
+    fedbuff, sync = rows["buffered-async, B = 4, C = 8"], rows["sync FedAvg, K = 4"]
+    assert fedbuff["throughput_vs_sync"] == pytest.approx(fedbuff["examples_per_s"] / sync["examples_per_s"])

@@ -85,6 +85,35 @@ def test_out_of_range_values_are_rejected(values, message):
         flat_config(**values)
 
 
+ASYNC = {"aggregation": "buffered-async", "system_model": "lognormal"}
+
+
+@pytest.mark.parametrize(
+    "values,message",
+    [
+        ({"aggregation": "buffered-async"}, "runs its clients on the virtual clock: choose a --system-model"),
+        ({**ASYNC, "over_selection": 1.3}, "buffered-async has no rounds to close"),
+        ({**ASYNC, "deadline_s": 5.0}, "its counterpart is --max-staleness"),
+        ({**ASYNC, "shard_sizing": "speed"}, "use equal with buffered-async"),
+        ({**ASYNC, "max_concurrency": 2000, "population": 100}, "lower --max-concurrency"),
+        ({**ASYNC, "buffer_size": 0}, "buffer_size must be at least 1"),
+        ({**ASYNC, "max_staleness": -1}, "max_staleness must not be negative"),
+        ({**ASYNC, "staleness_weight": "hinge"}, "sqrt, constant or polynomial:A"),
+        ({"aggregation": "fedasync"}, "must be one of sync, buffered-async"),
+    ],
+)
+def test_buffered_async_options_are_checked(values, message):
+    with pytest.raises(FedrunError, match=message):
+        flat_config(**values)
+
+
+def test_buffered_async_takes_dropout_and_its_own_options():
+    config = flat_config(
+        **ASYNC, dropout=0.1, buffer_size=8, max_concurrency=32, staleness_weight="polynomial:0.5"
+    )
+    assert config.aggregation.buffered and config.aggregation.max_concurrency == 32
+
+
 def test_every_field_documents_itself_and_flags_are_unique():
     assert len({info.flag for info in FIELDS}) == len(FIELDS)
     for info in FIELDS:
