@@ -111,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("dir", type=Path, metavar="DIR", help="the --out directory of a run")
     report.add_argument("--round", type=int, help="round for the per-worker shard chart; default: the last")
     report.add_argument("--out", type=Path, help="where to write the report; default: DIR/report")
+    report.add_argument(
+        "--compare",
+        type=Path,
+        nargs="+",
+        default=[],
+        metavar="OTHER",
+        help="other runs to plot beside DIR in accuracy_runs.png (e.g. sync vs buffered-async)",
+    )
     report.set_defaults(handler=run_report)
 
     cache = commands.add_parser(
@@ -205,7 +213,7 @@ def run_report(args: argparse.Namespace) -> int:
     from fedrun.report.writer import write_report  # matplotlib loads only for this command
 
     run_dir = args.dir.parent if args.dir.is_file() else args.dir  # a file in the run's folder will do
-    summary = write_report(run_dir, round_num=args.round, out=args.out)
+    summary = write_report(run_dir, round_num=args.round, out=args.out, compare=args.compare)
     print(f"report written: {summary}")
     return 0
 

@@ -1,6 +1,6 @@
 """The figures of `fedrun report`, each drawn from a run's round records."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
@@ -246,6 +246,49 @@ def accuracy_by_simulated_time(records: Sequence[RoundRecord]) -> Figure:
         ax.plot(*zip(*points), marker="." if len(points) <= 60 else None, label=label)
     for ax, title in ((groups, "evaluation groups"), (quartiles, "fixed sample by device speed")):
         ax.set(xlabel="simulated time (min)", ylabel="accuracy", title=title)
+        if ax.lines:
+            ax.legend()
+    return figure
+
+
+def accuracy_of_runs(runs: Mapping[str, Sequence[RoundRecord]], group: str) -> Figure:
+    """Several runs' accuracy on one evaluation group, side by side: against simulated time
+    (runs with a system model) and against wall time; e.g. synchronous vs buffered-async."""
+    figure, (by_clock, by_wall) = _figure(columns=2)
+    figure.suptitle(f"Accuracy of each run ({_EVAL_LABELS.get(group, group)})")
+    for label, records in runs.items():
+        times = dict(zip((r.round for r in records), running_time(records)))
+        evaluated = [r for r in records if group in r.eval]
+        simulated = [(r.sim["clock_s"] / 60, r.eval[group]["accuracy"]) for r in evaluated if r.sim]
+        if simulated:
+            by_clock.plot(*zip(*simulated), label=label)
+        if evaluated:
+            by_wall.plot(
+                [times[r.round] for r in evaluated],
+                [r.eval[group]["accuracy"] for r in evaluated],
+                label=label,
+            )
+    by_clock.set(xlabel="simulated time (min)", ylabel="accuracy", title="on the virtual clock")
+    by_wall.set(xlabel="wall time of the run (s)", ylabel="accuracy", title="on the simulator's wall clock")
+    for ax in (by_clock, by_wall):
+        if ax.lines:
+            ax.legend()
+    return figure
+
+
+def staleness(records: Sequence[RoundRecord]) -> Figure:
+    """Buffered-async: how stale each update's results were, and the results discarded."""
+    figure, (ages, lost) = _figure(columns=2)
+    figure.suptitle("Buffered-async: staleness of the results each update applied")
+    updates = [r for r in records if r.buffered is not None]
+    versions = [r.buffered["version"] for r in updates]
+    for key, label in (("mean", "mean"), ("p50", "median"), ("max", "max")):
+        ages.plot(versions, [r.buffered["staleness"][key] for r in updates], label=label)
+    for reason in updates[0].buffered["discarded"] if updates else ():
+        lost.plot(versions, np.cumsum([r.buffered["discarded"][reason] for r in updates]), label=reason)
+    ages.set(xlabel="server version", ylabel="staleness (versions behind)", title="per update")
+    lost.set(xlabel="server version", ylabel="results discarded so far", title="discarded, by reason")
+    for ax in (ages, lost):
         if ax.lines:
             ax.legend()
     return figure

@@ -9,16 +9,19 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 from fedrun.config import RunConfig, read_config_file, resolve
 from fedrun.errors import FedrunError
+from fedrun.loop.records import RoundRecord
 from fedrun.loop.run_dir import CONFIG, LABEL_MIX, REPORT, RunDirectory
 from fedrun.observe.summary import summary_rows
 from fedrun.report.figures import (
     accuracy_by_simulated_time,
+    accuracy_of_runs,
     client_times,
     dropped_clients,
     gantt,
@@ -28,13 +31,17 @@ from fedrun.report.figures import (
     learning_curves,
     participation_histogram,
     simulated_round_times,
+    staleness,
 )
 
 _LOG = logging.getLogger(__name__)
 
 
-def write_report(run_dir: Path, round_num: int | None = None, out: Path | None = None) -> Path:
-    """Writes the PNGs and summary.md into `out` (default DIR/report) and returns summary.md's path."""
+def write_report(
+    run_dir: Path, round_num: int | None = None, out: Path | None = None, compare: Sequence[Path] = ()
+) -> Path:
+    """Writes the PNGs and summary.md into `out` (default DIR/report) and returns summary.md's
+    path; `compare`: other runs whose accuracy is plotted beside this one's."""
     run_dir_files = RunDirectory(run_dir)
     rounds = run_dir_files.rounds
     records = rounds.read(
@@ -89,6 +96,12 @@ def write_report(run_dir: Path, round_num: int | None = None, out: Path | None =
             plots["participation.png"] = participation_histogram(
                 list(counts.values()), participation["population"]
             )
+    if any(r.buffered is not None for r in records):
+        plots["staleness.png"] = staleness(records)
+    if compare:
+        runs = {run_dir.name: records, **{other.name: _other_run(other) for other in compare}}
+        group = _common_group(runs)
+        plots["accuracy_runs.png"] = accuracy_of_runs(runs, group)
     mix_file = run_dir / LABEL_MIX
     if mix_file.exists():
         plots["label_mix.png"] = label_mix(json.loads(mix_file.read_text()))
@@ -110,6 +123,25 @@ def write_report(run_dir: Path, round_num: int | None = None, out: Path | None =
     summary = out / "summary.md"
     summary.write_text("\n".join(lines) + "\n")
     return summary
+
+
+def _other_run(run_dir: Path) -> list[RoundRecord]:
+    records = RunDirectory(run_dir).rounds.read(on_torn=lambda number: None)
+    if not records:
+        raise FedrunError(f"--compare {run_dir}: no round has finished there (no rounds.jsonl lines)")
+    return records
+
+
+def _common_group(runs: dict[str, list[RoundRecord]]) -> str:
+    """The evaluation group every run has: held-out clients if they all have them."""
+    shared = set.intersection(*({g for r in records for g in r.eval} for records in runs.values()))
+    for group in ("heldout", "sample", "round_clients", *sorted(shared)):
+        if group in shared:
+            return group
+    raise FedrunError(
+        f"--compare: the runs share no evaluation group ({', '.join(runs)}): "
+        "evaluate them on the same --eval-on"
+    )
 
 
 def _config(run_dir: Path) -> RunConfig | None:

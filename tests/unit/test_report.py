@@ -270,13 +270,27 @@ def test_a_buffered_async_run_reports_versions_staleness_and_discards(tmp_path):
         lines.append(json.dumps(dataclasses.asdict(changed)) + "\n")
     (tmp_path / "rounds.jsonl").write_text("".join(lines))
 
-    table = summary_table(write_report(tmp_path))
+    sync = tmp_path / "sync"
+    write_run(sync, rounds=4)
+    table = summary_table(write_report(tmp_path, compare=[sync]))
 
+    for name in ("staleness.png", "accuracy_runs.png", "accuracy_simulated_time.png"):
+        assert png_size(tmp_path / "report" / name)[0] > 500
     assert table["server version (buffered-async updates)"] == "3"
     # staleness of the 12 counted results: 0 x6, 1 x2, 2 x2, 3 x2
     assert table["staleness of counted results p50 / p95 / max"] == "0 / 3 / 3 versions"
     assert table["results discarded, by reason"] == "stale 6, dropout 3, unavailable 0"
-    assert (tmp_path / "report" / "accuracy_simulated_time.png").exists()
     scalars = round_scalars(RoundRecord.from_json(json.loads(lines[-1])))["round"]
     assert scalars["buffered/version"] == 3 and scalars["buffered/staleness_max"] == 3
     assert scalars["buffered/discarded_stale"] == 2 and scalars["simulated/dropped_stale"] == 2
+
+
+def test_compared_runs_must_share_an_evaluation_group(tmp_path):
+    write_run(tmp_path / "a", rounds=2)
+    (tmp_path / "b").mkdir()
+    records = [dataclasses.replace(synthetic_round(n), eval={}) for n in (1, 2)]
+    (tmp_path / "b" / "rounds.jsonl").write_text(
+        "".join(json.dumps(dataclasses.asdict(r)) + "\n" for r in records)
+    )
+    with pytest.raises(FedrunError, match="share no evaluation group"):
+        write_report(tmp_path / "a", compare=[tmp_path / "b"])
