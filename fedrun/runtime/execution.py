@@ -10,16 +10,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import tree
 
 from cluster import Slowdown, WorkerBackend
 from fedrun.learning.algorithm import FederatedAlgorithm, eval_metrics, named_metrics, train_metrics
+from fedrun.learning.buffered import version_slots
 from fedrun.learning.client_time import partial_client_time
 from fedrun.runtime.dispatch import Dispatcher, LostCopy, ShardTiming, Traffic, WorkerFailure
 from fedrun.runtime.session import WorkerSession
-from fedrun.runtime.sharded import ShardedResult, run_sharded, run_shards
+from fedrun.runtime.sharded import ShardedResult, run_sharded, run_sharded_clients
 from fedrun.runtime.speeds import WorkerSpeeds
 from fedrun.selection.cohort import Cohort
-from fedrun.selection.sharding import SHARD_SIZINGS, Shard, make_shards, split_at
+from fedrun.selection.sharding import SHARD_SIZINGS, Shard, make_shards
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class ShardRun:
 class TrainingGroup:
     """Clients of a buffered-async update that trained from one server version."""
 
-    positions: tuple[int, ...]  # in the update's cohort, ascending and contiguous
+    positions: tuple[int, ...]  # in the update's cohort
     weights: Any  # that version's model weights
     staleness_weight: float
 
@@ -163,22 +165,28 @@ class RoundRuntime:
         self, round_num: int, state: Any, cohort: Cohort, groups: Sequence[TrainingGroup]
     ) -> TrainOutcome:
         """One buffered-async server update from `state`: each group of the cohort's clients
-        trains from its own start weights, its results scaled by its staleness weight; every
-        shard's sum folds into one, and the server step applies it (learning.buffered)."""
+        trains from its own start weights, its results scaled by its staleness weight; the
+        versions travel stacked, so shards are cut by cost alone; every shard's sum folds into
+        one, and the server step applies it (learning.buffered)."""
         recycled = self._recycle_if_due(round_num)
         start = time.monotonic()
         parts = self.algorithm.buffered
-        group_of = {p: group for group in groups for p in group.positions}
-        shards = split_at(make_shards(cohort.sizes, self._num_shards), lambda p: group_of[p].positions[0])
-        server_args = [
-            collections.OrderedDict(
-                weights=group_of[shard.positions[0]].weights,
-                staleness_weight=np.float32(group_of[shard.positions[0]].staleness_weight),
-            )
-            for shard in shards
-        ]
-        result = run_shards(
-            self.dispatcher, parts.client_form, server_args, self.algorithm.train_data(cohort.keys), shards
+        slots = version_slots(len(groups))
+        padded = [*groups, *[groups[-1]] * (slots - len(groups))]  # unused slots: never indexed
+        server_arg = collections.OrderedDict(
+            weights=tree.map_structure(lambda *versions: np.stack(versions), *[g.weights for g in padded]),
+            staleness_weights=np.array([g.staleness_weight for g in padded], np.float32),
+        )
+        index = np.zeros(len(cohort.clients), np.int32)
+        for slot, group in enumerate(groups):
+            index[list(group.positions)] = slot
+        shards = make_shards(cohort.sizes, self._num_shards)
+        result = run_sharded_clients(
+            self.dispatcher,
+            parts.client_form(slots),
+            server_arg,
+            [list(index), self.algorithm.train_data(cohort.keys)],
+            shards,
         )
         total, examples, measurements = result.value
         finalizer, weights = self.dispatcher.call(

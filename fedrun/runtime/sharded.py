@@ -40,23 +40,25 @@ def run_sharded(
     preferred: Sequence[str] | None = None,
 ) -> ShardedResult:
     """`preferred[i]`: the worker meant to run shard i (Dispatcher.map)."""
-    return run_shards(dispatcher, form, [server_arg] * len(shards), client_keys, shards, preferred)
+    return run_sharded_clients(dispatcher, form, server_arg, [client_keys], shards, preferred)
 
 
-def run_shards(
+def run_sharded_clients(
     dispatcher: Dispatcher,
     form: tff.framework.MergeableCompForm,
-    server_args: Sequence[Any],
-    client_keys: Sequence[Any],
+    server_arg: Any,
+    client_args: Sequence[Sequence[Any]],
     shards: Sequence[Shard],
     preferred: Sequence[str] | None = None,
 ) -> ShardedResult:
-    """`run_sharded` with a server argument per shard, for a form whose merged result does not
-    depend on it (after_merge is handed the first)."""
-    shard_args = [[arg, [client_keys[p] for p in shard.positions]] for arg, shard in zip(server_args, shards)]
+    """`run_sharded` for a computation with several client-placed parameters (one value per
+    client in each of `client_args`), each cut into the same shards."""
+    shard_args = [
+        [server_arg, *([values[p] for p in shard.positions] for values in client_args)] for shard in shards
+    ]
     partials = dispatcher.map(form.up_to_merge, shard_args, preferred)
     finish = dispatcher.map(
-        merge_and_finish(form, len(shards)), [[[server_args[0], list(client_keys)], partials.results]]
+        merge_and_finish(form, len(shards)), [[[server_arg, *map(list, client_args)], partials.results]]
     )
     return ShardedResult(
         finish.results[0],

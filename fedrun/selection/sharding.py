@@ -1,6 +1,6 @@
 """How a round's clients are cut into shards for the workers: a pure function."""
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,18 +52,3 @@ def make_shards(
         bounds.append(int(min(max(cut, low), high)))
     bounds.append(n)
     return [Shard(i, tuple(range(a, b))) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
-
-
-def split_at(shards: Sequence[Shard], group: Callable[[int], Hashable]) -> list[Shard]:
-    """The shards cut again wherever `group(position)` changes, renumbered in order: a shard then
-    holds clients of one group only (buffered-async: one start version per shard)."""
-    pieces: list[tuple[int, ...]] = []
-    for shard in shards:
-        current: list[int] = []
-        for position in shard.positions:
-            if current and group(position) != group(current[-1]):
-                pieces.append(tuple(current))
-                current = []
-            current.append(position)
-        pieces.append(tuple(current))
-    return [Shard(i, positions) for i, positions in enumerate(pieces)]
