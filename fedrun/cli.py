@@ -6,12 +6,14 @@ cause print as one paragraph without a traceback and exit with status 2.
 """
 
 import argparse
+import contextlib
 import difflib
 import importlib.metadata
 import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import NoReturn
 
@@ -23,6 +25,7 @@ from fedrun.config import (
     chosen_flags,
     flag_values,
     read_config_file,
+    read_grid_file,
     resolve,
 )
 from fedrun.errors import FedrunError
@@ -121,6 +124,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.set_defaults(handler=run_report)
 
+    sweep = commands.add_parser(
+        "sweep",
+        help="run a grid of simulations on shared workers; one table and the stragglers' figures",
+        description="Run every combination of the --grid file's values (each an ordinary run: the "
+        "--config file, then the flags, then the cell's values) one after another on one pool of "
+        "workers, into DIR/cells/; then write DIR/sweep.csv, sweep.jsonl, summary.csv (mean and "
+        "spread over seeds) and the figures the grid allows. Rerun the same command to resume: "
+        "finished cells are kept, a cut one resumes from its checkpoint.",
+    )
+    sweep.add_argument("--config", type=Path, metavar="FILE", help="TOML file with the base options")
+    sweep.add_argument(
+        "--grid",
+        type=Path,
+        required=True,
+        metavar="FILE",
+        help="TOML file listing each option to vary with its values, e.g. over_selection = [1.0, 1.3]",
+    )
+    sweep.add_argument(
+        "--target-accuracy",
+        type=float,
+        default=0.6,
+        metavar="ACC",
+        help="the accuracy time-to-accuracy is measured to (default: %(default)s)",
+    )
+    sweep.add_argument("--debug", action="store_true", help="show tracebacks")
+    add_config_flags(sweep)
+    sweep.set_defaults(handler=run_sweep_command)
+
     cache = commands.add_parser(
         "cache",
         help="list or remove the data conversions fedrun keeps for the workers",
@@ -218,6 +249,71 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from fedrun.sweep.runner import SweepSpec
+
+    flags = chosen_flags(args)
+    out = flags.pop("out", None)
+    if out is None:
+        raise FedrunError("fedrun sweep needs --out DIR: the folder that holds the sweep's cells and table")
+    if not 0 < args.target_accuracy <= 1:
+        raise FedrunError(f"--target-accuracy must be in (0, 1], got {args.target_accuracy}")
+    spec = SweepSpec(
+        base=read_config_file(args.config) if args.config else {},
+        flags=flags,
+        grid=read_grid_file(args.grid),
+        out=Path(out),
+        target_accuracy=args.target_accuracy,
+    )
+    cells = spec.cells  # every cell's configuration is checked before TensorFlow loads
+    print(f"fedrun sweep: {len(cells)} cells into {spec.out}", flush=True)
+    with quiet_tensorflow_load():
+        from fedrun.loop.simulation import simulate  # noqa: F401 (loads TensorFlow)
+        from fedrun.sweep.figures import write_figures
+        from fedrun.sweep.runner import run_sweep
+
+    try:
+        outcome = run_sweep(spec, STOP.check, write_figures)
+    except Interrupted as stop:
+        print(
+            f"fedrun sweep: {stop}: stopped; finished cells and the cut cell's checkpoint are kept in "
+            f"{spec.out} (rerun the same command to resume)",
+            file=sys.stderr,
+        )
+        return stop.exit_code
+    print(sweep_table(outcome.rows, [info.key for info, _ in spec.grid]))
+    for pool in outcome.pools:
+        cells_run = len(pool["cells"])
+        print(f"pool of {pool['workers']} workers: started in {pool['start_s']:.1f} s, ran {cells_run} cells")
+    print(
+        f"table: {spec.out / 'sweep.csv'}, {spec.out / 'summary.csv'}; figures: {', '.join(outcome.figures)}"
+    )
+    return 0
+
+
+def sweep_table(rows: list[dict], options: list[str]) -> str:
+    """A few columns of each cell, as text."""
+    columns = [
+        *options,
+        "final_accuracy",
+        "sim_time_to_target_s",
+        "sim_round_p50_s",
+        "reported_fraction",
+        "examples_per_s",
+    ]
+    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in cells]
+    return "\n".join(lines)
+
+
+def _cell(value: object) -> str:
+    if isinstance(value, float):
+        return "-" if value != value else f"{value:.4g}"
+    return str(value)
+
+
 def run_cache(args: argparse.Namespace) -> int:
     from fedrun.data.files.store import cache_root, remove_stored, stored_sources
 
@@ -234,18 +330,28 @@ def run_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def quiet_tensorflow_load() -> Iterator[None]:
+    """TF 2.14 logs CUDA-plugin noise as errors when it loads, and reads its log level once, at
+    load: quiet while it loads in the block, whole logs for the workers started after it."""
+    quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    if quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    try:
+        yield
+    finally:
+        if quiet:
+            del os.environ["TF_CPP_MIN_LOG_LEVEL"]
+
+
 def run_simulation(args: argparse.Namespace) -> int:
     try:
         config = run_config(args)
-        quiet = "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-        if quiet:  # TF 2.14 logs CUDA-plugin noise as errors when it loads
-            os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-        preflight(config, resume=args.resume is not None, overwrite=args.overwrite)
-        observers = observability(config)  # a taken --metrics-port fails here, before TensorFlow loads
-        from fedrun.loop.simulation import simulate  # TensorFlow loads only once the config is valid
+        with quiet_tensorflow_load():
+            preflight(config, resume=args.resume is not None, overwrite=args.overwrite)
+            observers = observability(config)  # a taken --metrics-port fails here, before TensorFlow loads
+            from fedrun.loop.simulation import simulate  # TensorFlow loads only once the config is valid
 
-        if quiet:  # read once, at load: the workers started next keep their logs whole
-            del os.environ["TF_CPP_MIN_LOG_LEVEL"]
         from fedrun.observe.terminal import TerminalProgress
 
         terminal = TerminalProgress()

@@ -6,7 +6,7 @@ values and whether it decides the result live in its metadata (`fields`), from w
 """
 
 from fedrun.config.fields import FieldInfo
-from fedrun.config.files import config_toml, flag_values, read_config_file
+from fedrun.config.files import config_toml, flag_values, read_config_file, read_grid_file
 from fedrun.config.flags import add_config_flags, chosen_flags
 from fedrun.config.run_config import BY_FLAG, FIELDS, SECTIONS, RunConfig, resolve
 from fedrun.config.sections import (
@@ -39,5 +39,6 @@ __all__ = [
     "config_toml",
     "flag_values",
     "read_config_file",
+    "read_grid_file",
     "resolve",
 ]

@@ -23,13 +23,46 @@ _BY_PLACE = {(info.section, info.name): info for info in FIELDS}
 
 def read_config_file(path: Path) -> dict[str, dict[str, Any]]:
     """A config file's values by section; unknown keys and wrong types are errors."""
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise FedrunError(f"config file {path} does not exist: check the --config path") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise FedrunError(f"config file {path} is not valid TOML ({e}): fix the file") from None
     origin = f"config file {path}"
+    values: dict[str, dict[str, Any]] = {}
+    for info, value in _placed(_toml(path, "config file", "--config"), origin):
+        try:
+            values.setdefault(info.section, {})[info.name] = coerce(info, value, origin)
+        except ValueError as e:
+            raise FedrunError(str(e)) from None
+    return values
+
+
+def read_grid_file(path: Path) -> list[tuple[FieldInfo, list[Any]]]:
+    """A sweep's grid: each option it varies (keys as in a config file) with its list of values,
+    in the file's order; unknown keys, values that are not a non-empty list and wrong types are
+    errors."""
+    origin = f"grid file {path}"
+    grid = []
+    for info, values in _placed(_toml(path, "grid file", "--grid"), origin):
+        if not isinstance(values, list) or not values:
+            raise FedrunError(
+                f"{origin}: {info.key} must list the values to try, e.g. {info.key} = "
+                f"[{info.default!r}]; got {values!r}"
+            )
+        try:
+            grid.append((info, [coerce(info, value, origin) for value in values]))
+        except ValueError as e:
+            raise FedrunError(str(e)) from None
+    return grid
+
+
+def _toml(path: Path, what: str, flag: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise FedrunError(f"{what} {path} does not exist: check the {flag} path") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise FedrunError(f"{what} {path} is not valid TOML ({e}): fix the file") from None
+
+
+def _placed(raw: dict[str, Any], origin: str) -> list[tuple[FieldInfo, Any]]:
+    """Each key of a file (flat, or in tables named for the sections) with the field it names."""
     tables = {k: v for k, v in raw.items() if isinstance(v, dict)}
     flat = {k: v for k, v in raw.items() if not isinstance(v, dict)}
     if tables and flat:
@@ -37,22 +70,13 @@ def read_config_file(path: Path) -> dict[str, dict[str, Any]]:
             f"{origin} mixes top-level keys ({', '.join(flat)}) with tables; put each "
             f"key in its table, e.g.\n{_new_form(flat, origin)}"
         )
-    placed = (
-        [(_flat_field(key, origin), value) for key, value in flat.items()]
-        if flat
-        else [
-            (_table_field(table, key, origin), value)
-            for table, values in tables.items()
-            for key, value in values.items()
-        ]
-    )
-    values: dict[str, dict[str, Any]] = {}
-    for info, value in placed:
-        try:
-            values.setdefault(info.section, {})[info.name] = coerce(info, value, origin)
-        except ValueError as e:
-            raise FedrunError(str(e)) from None
-    return values
+    if flat:
+        return [(_flat_field(key, origin), value) for key, value in flat.items()]
+    return [
+        (_table_field(table, key, origin), value)
+        for table, values in tables.items()
+        for key, value in values.items()
+    ]
 
 
 def config_toml(config: RunConfig) -> str:

@@ -19,7 +19,7 @@ from fedrun.config import RunConfig
 from fedrun.data import preprocessing
 from fedrun.data.preprocessing import Preprocessing
 from fedrun.data.source import ClientDataSource
-from fedrun.learning.buffered import BufferedComputations
+from fedrun.learning.buffered import BufferedComputations, build_buffered
 from fedrun.learning.client_work import timed_client_work
 from fedrun.learning.models import ModelSpec, create_model_fn
 from fedrun.learning.registry import CLIENT_LOOPS, OPTIMIZERS
@@ -98,7 +98,7 @@ def build_algorithm(
 
     async_parts = None
     if buffered:
-        async_parts = BufferedComputations(
+        async_parts = build_buffered(
             weights_type,
             client_work,
             tff.learning.templates.build_apply_optimizer_finalizer(server_opt, weights_type),

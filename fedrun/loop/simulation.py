@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from cluster import WorkerBackend, create_backend
 from fedrun.config import RunConfig
@@ -90,35 +90,79 @@ def recorded(config: RunConfig, source: ClientDataSource) -> RunConfig:
     return config.replace(data={"feature_scale": "none" if scale is None else repr(scale)})
 
 
+class SharedPool:
+    """Started workers, data sources and built algorithms that several runs share (`fedrun
+    sweep`): runs that differ only in their policies reuse all three; building an algorithm
+    (tracing TFF computations) takes seconds, starting workers more."""
+
+    def __init__(self, backend: WorkerBackend):
+        self.backend = backend
+        self._sources: dict[Any, ClientDataSource] = {}
+        self._algorithms: dict[Any, FederatedAlgorithm] = {}
+        self.builds = 0  # algorithms built (each traced TFF's computations)
+        self.build_s = 0.0
+
+    def source(self, config: RunConfig) -> ClientDataSource:
+        key = (config.data, config.eval.clients, config.system.speed_data_skew, config.workload.seed)
+        if key not in self._sources:
+            self._sources[key] = open_source(config)
+        return self._sources[key]
+
+    def algorithm(self, config: RunConfig, source: ClientDataSource) -> FederatedAlgorithm:
+        from fedrun.learning.algorithm import algorithm_for  # loads TensorFlow
+
+        key = (
+            id(source),
+            config.workload,
+            config.data,
+            config.observe.client_timing,
+            config.aggregation.buffered,
+        )
+        if key not in self._algorithms:
+            started = time.monotonic()
+            self._algorithms[key] = algorithm_for(config, source)
+            self.builds += 1
+            self.build_s += time.monotonic() - started
+        return self._algorithms[key]
+
+
 def simulate(
     config: RunConfig,
     observers: list[RunObserver],
     resume: bool = False,
     should_stop: Callable[[], None] = lambda: None,
+    pool: SharedPool | None = None,
 ) -> None:
     """Runs the simulation described by `config` (continuing its checkpoint when `resume`),
     reporting to `observers`. Nothing in the output directory changes until the data, the
     algorithm and the workers are ready, so a bad option never costs earlier results, and a run
     that fails before its first round leaves no empty folder. `should_stop` is called at every
     safe point (start-up, the round loop, waits on workers) and raises to stop there; the workers
-    are stopped on the way out."""
+    are stopped on the way out. With a `pool`, the run uses its workers (left running) and
+    reuses the sources and algorithms it built."""
     from fedrun.learning.algorithm import algorithm_for  # loads TensorFlow
 
     run_dir = RunDirectory(config.output.dir)
-    source = open_source(config)
+    source = pool.source(config) if pool else open_source(config)
     should_stop()
     made = run_dir.create()
     try:
         workers = config.workers
-        _STATUS.info("starting %d %s workers", workers.count, workers.backend)
+        if pool is None:
+            _STATUS.info("starting %d %s workers", workers.count, workers.backend)
         started = time.monotonic()
-        with started_workers(config, run_dir.path / WORKERS) as backend:
+        with (
+            contextlib.nullcontext(pool.backend)
+            if pool
+            else started_workers(config, run_dir.path / WORKERS) as backend
+        ):
             should_stop()
-            _STATUS.info(
-                "workers ready in %.1f s; building the round's computations (TensorFlow)",
-                time.monotonic() - started,
-            )
-            algorithm = algorithm_for(config, source)
+            if pool is None:
+                _STATUS.info(
+                    "workers ready in %.1f s; building the round's computations (TensorFlow)",
+                    time.monotonic() - started,
+                )
+            algorithm = pool.algorithm(config, source) if pool else algorithm_for(config, source)
             should_stop()
             runtime = runtime_over(backend, algorithm, config, should_stop)
             try:

@@ -14,7 +14,6 @@ import tree
 
 from cluster import Slowdown, WorkerBackend
 from fedrun.learning.algorithm import FederatedAlgorithm, eval_metrics, named_metrics, train_metrics
-from fedrun.learning.buffered import version_slots
 from fedrun.learning.client_time import partial_client_time
 from fedrun.runtime.dispatch import Dispatcher, LostCopy, ShardTiming, Traffic, WorkerFailure
 from fedrun.runtime.session import WorkerSession
@@ -171,11 +170,9 @@ class RoundRuntime:
         recycled = self._recycle_if_due(round_num)
         start = time.monotonic()
         parts = self.algorithm.buffered
-        slots = version_slots(len(groups))
-        padded = [*groups, *[groups[-1]] * (slots - len(groups))]  # unused slots: never indexed
         server_arg = collections.OrderedDict(
-            weights=tree.map_structure(lambda *versions: np.stack(versions), *[g.weights for g in padded]),
-            staleness_weights=np.array([g.staleness_weight for g in padded], np.float32),
+            weights=tree.map_structure(lambda *versions: np.stack(versions), *[g.weights for g in groups]),
+            staleness_weights=np.array([g.staleness_weight for g in groups], np.float32),
         )
         index = np.zeros(len(cohort.clients), np.int32)
         for slot, group in enumerate(groups):
@@ -183,7 +180,7 @@ class RoundRuntime:
         shards = make_shards(cohort.sizes, self._num_shards)
         result = run_sharded_clients(
             self.dispatcher,
-            parts.client_form(slots),
+            parts.client_form,
             server_arg,
             [list(index), self.algorithm.train_data(cohort.keys)],
             shards,
