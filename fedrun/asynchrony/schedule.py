@@ -89,14 +89,16 @@ class ServerUpdate:
         return [(version, tuple(positions)) for version, positions in groups.items()]
 
 
-Select = Callable[[int, float, int], Cohort]  # (start batch, now, count) -> candidates, in order
+Sample = Callable[[int, float, int], np.ndarray]  # (start batch, now, count) -> candidate clients, in order
+Describe = Callable[[int, np.ndarray], Cohort]  # (start batch, clients) -> their sizes and keys
 
 
 class BufferedSchedule:
     def __init__(
         self,
         system: SystemModel,
-        select: Select,
+        sample: Sample,
+        describe: Describe,
         *,
         buffer_size: int,
         concurrency: int,
@@ -105,7 +107,8 @@ class BufferedSchedule:
         seed: int,
     ):
         self._system = system
-        self._select = select
+        self._sample = sample
+        self._describe = describe
         self._buffer_size = buffer_size
         self._max_staleness = max_staleness
         self._dropout = dropout
@@ -178,11 +181,13 @@ class BufferedSchedule:
         self._batches += 1
         batch = self._batches
         busy = {flight.client for _, _, flight in self._in_flight}
-        candidates = self._select(batch, self.now, count + len(busy))
-        chosen = [p for p, client in enumerate(candidates.clients) if int(client) not in busy][:count]
-        fails = round_rng(self._seed, batch, "dropout").random(len(chosen)) < self._dropout
-        for position, failed in zip(chosen, fails):
-            client, examples = int(candidates.clients[position]), candidates.sizes[position]
+        candidates = self._sample(batch, self.now, count + len(busy))
+        cohort = self._describe(
+            batch, np.array([c for c in candidates.tolist() if c not in busy][:count], np.int64)
+        )
+        fails = round_rng(self._seed, batch, "dropout").random(len(cohort.clients)) < self._dropout
+        for position, failed in enumerate(fails):
+            client, examples = int(cohort.clients[position]), cohort.sizes[position]
             time = self._system.client_time(client, examples)
             lost = "dropout" if failed else None
             if lost is None and self._system.has_availability:
@@ -192,7 +197,7 @@ class BufferedSchedule:
                 self._seq,
                 batch,
                 client,
-                candidates.keys[position],
+                cohort.keys[position],
                 examples,
                 self.version,
                 self.now,
@@ -201,9 +206,9 @@ class BufferedSchedule:
             )
             heapq.heappush(self._in_flight, (flight.finish_s, flight.seq, flight))
             self._seq += 1
-        self._free -= len(chosen)
+        self._free -= len(cohort.clients)
         self._tried_s = self.now if self._free else -1.0  # slots left empty wait for the clock to move
-        return len(chosen)
+        return len(cohort.clients)
 
     def state(self) -> dict[str, Any]:
         """Everything the schedule holds, as JSON, for an exact resume."""

@@ -4,6 +4,7 @@ exit path. `fedrun run`, the benchmark and the tests all assemble runs with thes
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -111,13 +112,9 @@ class SharedPool:
     def algorithm(self, config: RunConfig, source: ClientDataSource) -> FederatedAlgorithm:
         from fedrun.learning.algorithm import algorithm_for  # loads TensorFlow
 
-        key = (
-            id(source),
-            config.workload,
-            config.data,
-            config.observe.client_timing,
-            config.aggregation.buffered,
-        )
+        # What the computations depend on: not the rounds, the clients per round or the sampling seed.
+        workload = dataclasses.replace(config.workload, rounds=1, clients_per_round=1, seed=0)
+        key = (id(source), workload, config.data, config.observe.client_timing, config.aggregation.buffered)
         if key not in self._algorithms:
             started = time.monotonic()
             self._algorithms[key] = algorithm_for(config, source)

@@ -77,7 +77,8 @@ def buffered_schedule(
         return None
     return BufferedSchedule(
         system,
-        selector.select,
+        selector.sample,
+        selector.cohort,
         buffer_size=aggregation.buffer_size,
         concurrency=aggregation.max_concurrency,
         max_staleness=aggregation.max_staleness,

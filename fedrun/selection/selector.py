@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fedrun.selection.cohort import Cohort, cohort_of, training_cohort
-from fedrun.selection.sampling import round_rng
+from fedrun.selection.cohort import Cohort, cohort_of
+from fedrun.selection.sampling import round_rng, sample_clients
 
 if TYPE_CHECKING:
     from fedrun.data.source import ClientDataSource
@@ -25,11 +25,19 @@ class UniformSelector:
         self._seed = seed
         self._count = count
 
-    def select(self, round_num: int, now_s: float, count: int | None = None) -> Cohort:
-        """`count` clients (default: the selector's), drawn from the round's stream."""
+    def select(self, round_num: int, now_s: float) -> Cohort:
+        return self.cohort(round_num, self.sample(round_num, now_s, self._count))
+
+    def sample(self, round_num: int, now_s: float, count: int) -> np.ndarray:
+        """`count` client indices drawn from the round's stream (fewer if too few are online)."""
         del now_s  # every client is always available
-        count = min(count or self._count, self._source.population)
-        return training_cohort(self._source, self._seed, round_num, count)
+        return sample_clients(
+            self._seed, round_num, self._source.population, min(count, self._source.population)
+        )
+
+    def cohort(self, round_num: int, clients: np.ndarray) -> Cohort:
+        """These clients' training data for the round (sizes, keys with shuffle seeds)."""
+        return cohort_of(self._source, self._seed, round_num, clients)
 
 
 class AvailableSelector(UniformSelector):
@@ -43,9 +51,9 @@ class AvailableSelector(UniformSelector):
         super().__init__(source, seed, count)
         self._available = available
 
-    def select(self, round_num: int, now_s: float, count: int | None = None) -> Cohort:
+    def sample(self, round_num: int, now_s: float, count: int) -> np.ndarray:
         population = self._source.population
-        wanted = count or self._count
+        wanted = count
         rng = round_rng(self._seed, round_num, "sample_available")
         chosen: list[int] = []
         seen: set[int] = set()
@@ -59,4 +67,4 @@ class AvailableSelector(UniformSelector):
                         chosen.append(client)
                         if len(chosen) == wanted:
                             break
-        return cohort_of(self._source, self._seed, round_num, np.array(chosen, dtype=np.int64))
+        return np.array(chosen, dtype=np.int64)

@@ -43,11 +43,7 @@ def _short(value: Any) -> str:
 
 
 def grid_cells(grid: list[tuple[FieldInfo, list[Any]]]) -> list[Cell]:
-    """Every combination of the grid's values, in order; a grid that repeats an option is an error."""
-    keys = [info.key for info, _ in grid]
-    repeated = sorted({key for key in keys if keys.count(key) > 1})
-    if repeated:
-        raise FedrunError(f"the grid lists {', '.join(repeated)} more than once: list each option once")
+    """Every combination of the grid's values, in order (TOML keeps each option to one line)."""
     combinations = itertools.product(*(values for _, values in grid))
     return [
         Cell(index, tuple(zip((info for info, _ in grid), combination)))

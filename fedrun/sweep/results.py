@@ -94,7 +94,7 @@ def over_seeds(rows: Sequence[dict[str, Any]], options: Sequence[str]) -> list[d
     for combo, members in combos.items():
         line: dict[str, Any] = {**dict(zip(shared, combo)), "seeds": len(members)}
         for column in COLUMNS:
-            values = [m[column] for m in members if isinstance(m[column], (int, float))]
+            values = [m[column] for m in members if isinstance(m.get(column), (int, float))]
             finite = [v for v in values if math.isfinite(v)]
             if values:
                 line[f"{column}_mean"] = float(np.mean(finite)) if finite else math.nan

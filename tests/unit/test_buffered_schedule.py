@@ -32,7 +32,8 @@ def schedule(system, seed=0, buffer_size=4, concurrency=8, max_staleness=0, drop
     selector = UniformSelector(EqualClients(), seed, concurrency)
     return BufferedSchedule(
         system,
-        selector.select,
+        selector.sample,
+        selector.cohort,
         buffer_size=buffer_size,
         concurrency=concurrency,
         max_staleness=max_staleness,
@@ -131,7 +132,14 @@ def test_availability_is_respected_at_start_and_finish():
     system = GivenTimes(seconds, offline)
     available = AvailableSelector(EqualClients(), 0, 8, system.available)
     plan = BufferedSchedule(
-        system, available.select, buffer_size=4, concurrency=8, max_staleness=0, dropout=0.0, seed=0
+        system,
+        available.sample,
+        available.cohort,
+        buffer_size=4,
+        concurrency=8,
+        max_staleness=0,
+        dropout=0.0,
+        seed=0,
     )
     seen = updates(plan, 10)
     lost = [f for u in seen for f, reason in u.discarded if reason == "unavailable"]
@@ -156,9 +164,11 @@ def test_no_client_online_moves_the_clock_until_one_is():
             return t >= 600.0
 
     system = LateDevices(dict.fromkeys(range(POPULATION), 1.0), {0: 0.0})
+    selector = AvailableSelector(EqualClients(), 0, 4, system.available)
     plan = BufferedSchedule(
         system,
-        AvailableSelector(EqualClients(), 0, 4, system.available).select,
+        selector.sample,
+        selector.cohort,
         buffer_size=4,
         concurrency=4,
         max_staleness=0,
