@@ -283,8 +283,12 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         return stop.exit_code
     print(sweep_table(outcome.rows, [info.key for info, _ in spec.grid]))
     for pool in outcome.pools:
-        cells_run = len(pool["cells"])
-        print(f"pool of {pool['workers']} workers: started in {pool['start_s']:.1f} s, ran {cells_run} cells")
+        cells_run, builds = len(pool["cells"]), pool["algorithm_builds"]
+        print(
+            f"pool of {pool['workers']} workers: started in {pool['start_s']:.1f} s, ran {cells_run} cells "
+            f"with {builds} builds ({pool['build_s']:.1f} s); sharing it saved about "
+            f"{pool['saved_s_estimate']:.0f} s"
+        )
     print(
         f"table: {spec.out / 'sweep.csv'}, {spec.out / 'summary.csv'}; figures: {', '.join(outcome.figures)}"
     )

@@ -91,7 +91,14 @@ def run_sweep(
                     resume = RunDirectory(config.output.dir).has_checkpoint
                     progress.begin(cell, resume)
                     simulate(config, [progress], resume=resume, should_stop=should_stop, pool=pool)
-                record.update(algorithm_builds=pool.builds, build_s=pool.build_s)
+                per_build = pool.build_s / max(pool.builds, 1)
+                record.update(
+                    algorithm_builds=pool.builds,
+                    build_s=pool.build_s,
+                    # against a fresh pool and a fresh build for every cell
+                    saved_s_estimate=(len(group) - 1) * record["start_s"]
+                    + (len(group) - pool.builds) * per_build,
+                )
     finally:
         progress.close()
         _append_pools(spec.out, pools)
