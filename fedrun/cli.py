@@ -250,7 +250,10 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from fedrun.sweep.runner import SweepSpec
+    with quiet_tensorflow_load():
+        from fedrun.loop.simulation import simulate  # noqa: F401 (loads TensorFlow)
+        from fedrun.sweep.figures import write_figures
+        from fedrun.sweep.runner import SweepSpec, run_sweep
 
     flags = chosen_flags(args)
     out = flags.pop("out", None)
@@ -262,15 +265,11 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         base=read_config_file(args.config) if args.config else {},
         flags=flags,
         grid=read_grid_file(args.grid),
-        out=Path(out),
+        out=Path(out).absolute(),  # a relative or absolute --out names the same sweep
         target_accuracy=args.target_accuracy,
     )
-    cells = spec.cells  # every cell's configuration is checked before TensorFlow loads
+    cells = spec.cells  # every cell's configuration is checked before a worker starts
     print(f"fedrun sweep: {len(cells)} cells into {spec.out}", flush=True)
-    with quiet_tensorflow_load():
-        from fedrun.loop.simulation import simulate  # noqa: F401 (loads TensorFlow)
-        from fedrun.sweep.figures import write_figures
-        from fedrun.sweep.runner import run_sweep
 
     try:
         outcome = run_sweep(spec, STOP.check, write_figures)
@@ -292,6 +291,13 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     print(
         f"table: {spec.out / 'sweep.csv'}, {spec.out / 'summary.csv'}; figures: {', '.join(outcome.figures)}"
     )
+    if outcome.failures:
+        print(
+            f"fedrun sweep: {len(outcome.failures)} cells stopped with an error (the table's status column "
+            f"says why): {', '.join(outcome.failures)}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -299,13 +305,16 @@ def sweep_table(rows: list[dict], options: list[str]) -> str:
     """A few columns of each cell, as text."""
     columns = [
         *options,
+        "status",
         "final_accuracy",
         "sim_time_to_target_s",
         "sim_round_p50_s",
         "reported_fraction",
         "examples_per_s",
     ]
-    cells = [[_cell(row[c]) for c in columns] for row in rows]
+    cells = [
+        [_cell(row[c]).split(":")[0] if c == "status" else _cell(row[c]) for c in columns] for row in rows
+    ]
     widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in cells]

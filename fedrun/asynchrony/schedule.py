@@ -13,6 +13,8 @@ exactly a synchronous round (same clients, same shuffle seeds, same starting mod
 from __future__ import annotations
 
 import heapq
+import math
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ if TYPE_CHECKING:
 # With no client online and none in flight, the clock moves on by this much and tries again.
 IDLE_RETRY_S = 60.0
 _MAX_IDLE_RETRIES = 10_080  # a simulated week
+_MAX_LOST_PER_SLOT = 100
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,6 @@ class Flight:
     """One client's training from one server version."""
 
     seq: int  # start order over the run
-    batch: int  # the start batch that sampled it: its sampling and shuffle-seed stream
     client: int
     key: str  # the workers' key of its training data (with its shuffle seed)
     examples: int
@@ -71,7 +73,11 @@ class ServerUpdate:
     in_flight: int  # clients training when it is applied
 
     def staleness(self, flight: Flight) -> int:
-        return self.version - 1 - flight.version
+        return self.staleness_from(flight.version)
+
+    def staleness_from(self, version: int) -> int:
+        """Versions applied since `version`, when this update applies a result trained from it."""
+        return self.version - 1 - version
 
     @property
     def cohort(self) -> Cohort:
@@ -119,7 +125,9 @@ class BufferedSchedule:
         self._batches = 0
         self._seq = 0
         self._free = concurrency  # slots to fill at `now`
-        self._tried_s = -1.0  # when a start last left slots empty (too few clients online)
+        self._blocked_at_s = -math.inf  # when a start last left slots empty (too few clients online)
+        # Results that may fail to count between two updates before the run is judged stuck.
+        self._max_lost = _MAX_LOST_PER_SLOT * concurrency
         self._in_flight: list[tuple[float, int, Flight]] = []  # a heap by (finish, seq)
         self._buffer: list[Flight] = []
 
@@ -127,18 +135,19 @@ class BufferedSchedule:
         """Runs the virtual clock to the next server update."""
         discarded: list[tuple[Flight, str]] = []
         started = 0
-        idle = 0
+        idle = 0  # looks for clients to start that found none, in a row
         while len(self._buffer) < self._buffer_size:
             finishing = self._in_flight[0][2] if self._in_flight else None
             arriving_now = finishing is not None and finishing.finish_s <= self.now
-            if not arriving_now and self._free and self._tried_s != self.now:
+            if not arriving_now and self._free and self._blocked_at_s != self.now:
                 begun = self._start(self._free)
                 started += begun
-                idle = 0 if begun else idle
+                idle = 0 if begun else idle + 1
                 continue
-            if finishing is None:  # no one in flight and no one could start: wait for devices
-                idle += 1
-                if idle > _MAX_IDLE_RETRIES:
+            blocked = self._free and self._blocked_at_s == self.now
+            if blocked and (finishing is None or finishing.finish_s > self.now + IDLE_RETRY_S):
+                # slots left empty (too few clients online): look again a little later
+                if finishing is None and idle > _MAX_IDLE_RETRIES:
                     raise FedrunError(
                         f"no client could start for {idle * IDLE_RETRY_S / 3600:.0f} simulated hours "
                         f"after {self.now:.0f} s (none available): check --availability-trace"
@@ -157,9 +166,15 @@ class BufferedSchedule:
                 reason = "stale"
             if reason is None:
                 self._buffer.append(finishing)
-            else:
-                discarded.append((finishing, reason))
-        results, self._buffer = self._buffer[: self._buffer_size], self._buffer[self._buffer_size :]
+                continue
+            discarded.append((finishing, reason))
+            if len(discarded) > self._max_lost:
+                raise FedrunError(
+                    f"{len(discarded)} results in a row did not count by {self.now:.0f} simulated s "
+                    f"(by reason: {dict(Counter(r for _, r in discarded))}): no server update can fill its "
+                    f"buffer; lower --dropout, raise --max-staleness or check --availability-trace"
+                )
+        results, self._buffer = self._buffer, []
         self.version += 1
         since, self._last_update_s = self.now - self._last_update_s, self.now
         return ServerUpdate(
@@ -173,8 +188,10 @@ class BufferedSchedule:
         )
 
     def versions_in_use(self) -> set[int]:
-        """Server versions some client in flight or in the buffer trains from."""
-        return {flight.version for _, _, flight in self._in_flight} | {f.version for f in self._buffer}
+        """Server versions that a client in flight which will report, or a buffered result, trained from."""
+        return {flight.version for _, _, flight in self._in_flight if flight.lost is None} | {
+            f.version for f in self._buffer
+        }
 
     def _start(self, count: int) -> int:
         """Starts up to `count` clients now from the current version; returns how many started."""
@@ -195,7 +212,6 @@ class BufferedSchedule:
                     lost = "unavailable"
             flight = Flight(
                 self._seq,
-                batch,
                 client,
                 cohort.keys[position],
                 examples,
@@ -207,7 +223,7 @@ class BufferedSchedule:
             heapq.heappush(self._in_flight, (flight.finish_s, flight.seq, flight))
             self._seq += 1
         self._free -= len(cohort.clients)
-        self._tried_s = self.now if self._free else -1.0  # slots left empty wait for the clock to move
+        self._blocked_at_s = self.now if self._free else -math.inf
         return len(cohort.clients)
 
     def state(self) -> dict[str, Any]:
@@ -219,7 +235,7 @@ class BufferedSchedule:
             "batches": self._batches,
             "seq": self._seq,
             "free": self._free,
-            "tried_s": self._tried_s,
+            "blocked_at_s": self._blocked_at_s if self._free else None,
             "in_flight": [flight.to_json() for _, _, flight in sorted(self._in_flight)],
             "buffer": [flight.to_json() for flight in self._buffer],
         }
@@ -228,7 +244,8 @@ class BufferedSchedule:
         self.now, self.version = float(state["now"]), int(state["version"])
         self._last_update_s = float(state["last_update_s"])
         self._batches, self._seq, self._free = int(state["batches"]), int(state["seq"]), int(state["free"])
-        self._tried_s = float(state["tried_s"])
+        blocked = state["blocked_at_s"]
+        self._blocked_at_s = -math.inf if blocked is None else float(blocked)
         flights = [Flight.from_json(raw) for raw in state["in_flight"]]
         self._in_flight = [(f.finish_s, f.seq, f) for f in flights]
         heapq.heapify(self._in_flight)

@@ -56,7 +56,7 @@ class BufferedCoordinator(Coordinator):
     def execute(self, round_num: int, plan: UpdatePlan) -> TrainOutcome:
         update = plan.update
         groups = [
-            TrainingGroup(positions, self.versions[version], self._weighting(update.version - 1 - version))
+            TrainingGroup(positions, self.versions[version], self._weighting(update.staleness_from(version)))
             for version, positions in update.groups()
         ]
         return self.runtime.train_buffered(round_num, self.state, plan.cohort, groups)

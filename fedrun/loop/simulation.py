@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 def open_source(config: RunConfig) -> ClientDataSource:
     """The run's clients; a FedrunError if they are too few for a round."""
-    data, workload = config.data, config.workload
+    data = config.data
     source = create_source(
         SourceOptions(
             data=data.source,
@@ -44,14 +44,26 @@ def open_source(config: RunConfig) -> ClientDataSource:
             partition=data.partition,
         )
     )
+    check_population(config, source)
+    return source
+
+
+def check_population(config: RunConfig, source: ClientDataSource) -> None:
+    """A FedrunError if the source has too few clients for a round (or for the clients in flight)."""
+    workload = config.workload
     if config.clients_selected > source.population:
         raise FedrunError(
-            f"--data {data.source} has {source.population} training clients, fewer than the "
+            f"--data {config.data.source} has {source.population} training clients, fewer than the "
             f"{config.clients_selected} a round selects (--clients-per-round {workload.clients_per_round}"
             f"{', --over-selection' if config.clients_selected > workload.clients_per_round else ''}): "
             f"lower it (or --eval-clients)"
         )
-    return source
+    concurrency = config.aggregation.max_concurrency
+    if config.aggregation.buffered and concurrency > source.population:
+        raise FedrunError(
+            f"--data {config.data.source} has {source.population} training clients, fewer than the "
+            f"{concurrency} buffered-async keeps in flight: lower --max-concurrency (or --eval-clients)"
+        )
 
 
 @contextlib.contextmanager
@@ -107,6 +119,7 @@ class SharedPool:
         key = (config.data, config.eval.clients, config.system.speed_data_skew, config.workload.seed)
         if key not in self._sources:
             self._sources[key] = open_source(config)
+        check_population(config, self._sources[key])
         return self._sources[key]
 
     def algorithm(self, config: RunConfig, source: ClientDataSource) -> FederatedAlgorithm:

@@ -99,7 +99,10 @@ def write_report(
     if any(r.buffered is not None for r in records):
         plots["staleness.png"] = staleness(records)
     if compare:
-        runs = {run_dir.name: records, **{other.name: _other_run(other) for other in compare}}
+        paths = [run_dir, *compare]
+        names = [p.name for p in paths]
+        labels = [p.name if names.count(p.name) == 1 else str(p) for p in paths]  # folders may share a name
+        runs = dict(zip(labels, [records, *(_other_run(other) for other in compare)]))
         group = _common_group(runs)
         plots["accuracy_runs.png"] = accuracy_of_runs(runs, group)
     mix_file = run_dir / LABEL_MIX

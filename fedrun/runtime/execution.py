@@ -4,6 +4,7 @@ clients, and return everything that happened as one outcome object."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -186,10 +187,14 @@ class RoundRuntime:
             shards,
         )
         total, examples, measurements = result.value
-        finalizer, weights = self.dispatcher.call(
-            parts.server_step, [state.finalizer, state.global_model_weights, total, examples]
+        step = self.dispatcher.map(
+            parts.server_step, [[state.finalizer, state.global_model_weights, total, examples]]
         )
+        finalizer, weights = step.results[0]
         new_state = state._replace(global_model_weights=weights, finalizer=finalizer)
+        result = dataclasses.replace(
+            result, failures=result.failures + step.failures, traffic=result.traffic + step.traffic
+        )
         return self._outcome(result, shards, new_state, named_metrics(measurements["train"]), recycled, start)
 
     def _outcome(

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 from fedrun.config import RunConfig
 from fedrun.loop.run_dir import RunDirectory
@@ -77,6 +78,14 @@ def _figure(columns: int, title: str) -> tuple[Figure, list[Any]]:
     return figure, axes
 
 
+def _log_ticks(ax: Any, values: Sequence[float]) -> None:
+    """A log x axis labelled at the grid's own values."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(FixedLocator(sorted(set(values))))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+
+
 def _label(row: dict[str, Any], keys: Sequence[str]) -> str:
     return ", ".join(f"{key}={row[key]}" for key in keys) or "all cells"
 
@@ -129,7 +138,8 @@ def _round_time_vs_clients(
             by_k.setdefault(k, []).append(expected_max(_client_times(configs[row["cell"]]), k))
         ks = sorted(by_k)
         ax.plot(ks, [np.mean(by_k[k]) for k in ks], "k-.", linewidth=2, label="E[max of K client times]")
-    ax.set(xscale="log", xlabel="clients per round K", ylabel="simulated round time (s)")
+    _log_ticks(ax, [r["clients_per_round"] for r in rows])
+    ax.set(xlabel="clients per round K", ylabel="simulated round time (s)")
     ax.legend(fontsize="small")
     return figure
 
@@ -196,8 +206,9 @@ def _sync_vs_async(rows: list[dict[str, Any]], varied: set[str]) -> Figure:
             [r for r in rows if r["aggregation"] == "sync"], x, "examples_per_s", others - {x}
         ).items():
             speed.axhline(np.nanmean(means), color="grey", linestyle="--", label=f"sync: {label}")
-        tta.set(xscale="log", xlabel="buffered-async concurrency C")
-        speed.set(xscale="log", xlabel="buffered-async concurrency C")
+        for ax in (tta, speed):
+            _log_ticks(ax, [r[x] for r in fedbuff])
+            ax.set(xlabel="buffered-async concurrency C")
     else:
         names = sorted({r["aggregation"] for r in rows})
         for ax, column in ((tta, "sim_time_to_target_s"), (speed, "examples_per_s")):
@@ -243,6 +254,9 @@ def _accuracy_curves(cells: Cells, rows: list[dict[str, Any]]) -> Figure:
         (line,) = ax.plot(grid, values.mean(axis=0), label=label)
         if len(runs) > 1:
             ax.fill_between(grid, values.min(axis=0), values.max(axis=0), color=line.get_color(), alpha=0.2)
+    ends = [runs[0][0][-1] for runs in curves.values() if len(runs[0][0])]
+    if clock and ends and min(ends) > 0 and max(ends) > 10 * min(ends):  # runs of very different lengths
+        ax.set_xscale("log")
     ax.set(xlabel="simulated time (s)" if clock else "round", ylabel="accuracy")
     if ax.lines:
         ax.legend(fontsize="small")

@@ -48,6 +48,7 @@ class SweepOutcome:
     summary: list[dict[str, Any]]
     pools: list[dict[str, Any]] = field(default_factory=list)  # pools started by this session
     figures: list[str] = field(default_factory=list)
+    failures: dict[str, str] = field(default_factory=dict)  # cells that stopped with an error, and why
 
 
 def run_sweep(
@@ -68,6 +69,7 @@ def run_sweep(
         )
     progress = SweepProgress(len(cells), sum(_rounds_left(config) for _, config in todo))
     pools = []
+    failures: dict[str, str] = {}  # cell -> why it stopped, this session
     try:
         for group in _by_pool(todo):
             settings = group[0][1]
@@ -90,7 +92,11 @@ def run_sweep(
                     should_stop()
                     resume = RunDirectory(config.output.dir).has_checkpoint
                     progress.begin(cell, resume)
-                    simulate(config, [progress], resume=resume, should_stop=should_stop, pool=pool)
+                    try:
+                        simulate(config, [progress], resume=resume, should_stop=should_stop, pool=pool)
+                    except FedrunError as error:  # e.g. a learning rate that diverges: the grid goes on
+                        failures[cell.name] = str(error)
+                        progress.failed(cell, error)
                 per_build = pool.build_s / max(pool.builds, 1)
                 record.update(
                     algorithm_builds=pool.builds,
@@ -103,7 +109,10 @@ def run_sweep(
         progress.close()
         _append_pools(spec.out, pools)
     rows = [
-        cell_row(cell, RunDirectory(config.output.dir).rounds.read(), spec.target_accuracy)
+        {
+            **cell_row(cell, _records(config), spec.target_accuracy),
+            "status": _status(config, failures.get(cell.name)),
+        }
         for cell, config in cells
     ]
     options = [info.key for info, _ in spec.grid]
@@ -112,7 +121,7 @@ def run_sweep(
     write_lines(spec.out / "sweep.jsonl", rows)
     write_table(spec.out / "summary.csv", summary)
     written = figures(spec.out, cells, rows) if figures else []
-    return SweepOutcome(rows, summary, pools, written)
+    return SweepOutcome(rows, summary, pools, written, failures)
 
 
 def _claim(out: Path, cells: list[tuple[Cell, RunConfig]]) -> None:
@@ -137,6 +146,19 @@ def _claim(out: Path, cells: list[tuple[Cell, RunConfig]]) -> None:
             f"cannot create the sweep directory {out} ({e.strerror}): choose another --out"
         ) from None
     write_bytes_atomically(path, json.dumps(plan, indent=1).encode())
+
+
+def _records(config: RunConfig) -> list[RoundRecord]:
+    """The cell's rounds so far (none if it stopped before its folder was made)."""
+    rounds = RunDirectory(config.output.dir).rounds
+    return rounds.read(on_torn=lambda number: None) if rounds.path.exists() else []
+
+
+def _status(config: RunConfig, failure: str | None) -> str:
+    """'finished', 'failed: why' (its rounds so far are in the table), or 'incomplete'."""
+    if failure is not None:
+        return f"failed: {failure}"
+    return "finished" if _finished(config) else "incomplete"
 
 
 def _finished(config: RunConfig) -> bool:
@@ -179,6 +201,9 @@ class SweepProgress:
         self._cell = cell
         self._bar.set_description(f"cell {cell.index + 1}/{self._cells}")
         self._bar.write(f"cell {cell.index + 1}/{self._cells} {cell.name}{' (resumed)' if resume else ''}")
+
+    def failed(self, cell: Cell, error: Exception) -> None:
+        self._bar.write(f"  cell {cell.name} stopped: {error}")
 
     def on_start(self, config: RunConfig, workers: list[Worker]) -> None:
         self._last = None

@@ -128,3 +128,15 @@ def test_another_grid_into_the_same_folder_is_refused(tmp_path):
     grid.write_text("seed = [5]\n")
     refused = sweep(tmp_path / "out", grid)
     assert refused.returncode == 2 and "holds another sweep" in refused.stderr
+
+
+def test_a_cell_that_fails_is_recorded_and_the_others_run(tmp_path):
+    grid = tmp_path / "grid.toml"
+    grid.write_text("client_lr = [1e38, 0.01]\n")  # the first diverges
+    result = sweep(tmp_path / "out", grid)
+    assert result.returncode == 1, result.stderr
+    assert "1 cells stopped with an error" in result.stderr
+    rows = table(tmp_path / "out" / "sweep.csv")
+    assert rows[0]["status"].startswith("failed: training diverged")
+    assert rows[1]["status"] == "finished" and rows[1]["rounds"] == "2"
+    assert (tmp_path / "out" / "accuracy_simulated_time.png").exists()

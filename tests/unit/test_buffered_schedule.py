@@ -9,6 +9,7 @@ import pytest
 
 from fedrun.asynchrony.schedule import BufferedSchedule
 from fedrun.asynchrony.staleness import staleness_weighting
+from fedrun.errors import FedrunError
 from fedrun.selection.sampling import sample_clients, shuffle_seeds
 from fedrun.selection.selector import AvailableSelector, UniformSelector
 from tests.unit.test_system import GivenTimes, lognormal
@@ -178,3 +179,33 @@ def test_no_client_online_moves_the_clock_until_one_is():
     update = plan.next_update()
     assert min(f.start_s for f in update.results) >= 600.0
     assert np.isclose(update.clock_s, min(f.start_s for f in update.results) + 1.0)
+
+
+def test_a_schedule_whose_results_never_count_stops_with_a_clear_error():
+    plan = schedule(Lognormal(0), buffer_size=2, concurrency=2, dropout=0.999)
+    with pytest.raises(FedrunError, match="results in a row did not count.*lower --dropout"):
+        plan.next_update()
+
+
+def test_slots_left_empty_are_tried_again_while_others_train():
+    # only client 1 is ever online before t = 120 s; it takes 1000 s: the other slot must not wait
+    # for it, but look again every minute and start someone once devices come online
+    class FewOnline(GivenTimes):
+        def available(self, client, t):
+            return client == 1 or t >= 120.0
+
+    seconds = dict.fromkeys(range(POPULATION), 1.0) | {1: 1000.0}
+    system = FewOnline(seconds, {0: math.inf})
+    selector = AvailableSelector(EqualClients(), 0, 2, system.available)
+    plan = BufferedSchedule(
+        system,
+        selector.sample,
+        selector.cohort,
+        buffer_size=1,
+        concurrency=2,
+        max_staleness=0,
+        dropout=0.0,
+        seed=0,
+    )
+    update = plan.next_update()
+    assert update.results[0].client != 1 and 120.0 <= update.results[0].start_s <= 181.0
