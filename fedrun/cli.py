@@ -312,13 +312,12 @@ def sweep_table(rows: list[dict], options: list[str]) -> str:
         "reported_fraction",
         "examples_per_s",
     ]
-    cells = [
-        [_cell(row[c]).split(":")[0] if c == "status" else _cell(row[c]) for c in columns] for row in rows
-    ]
-    widths = [max(len(c), *(len(line[i]) for line in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.ljust(w) for v, w in zip(line, widths)) for line in cells]
-    return "\n".join(lines)
+    from fedrun.observe.summary import column_table
+
+    return column_table(
+        columns,
+        [[_cell(row[c]).split(":")[0] if c == "status" else _cell(row[c]) for c in columns] for row in rows],
+    )
 
 
 def _cell(value: object) -> str:

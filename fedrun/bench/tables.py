@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from fedrun.bench.config import LABELS, MEMORY_CHECKPOINT_ROUND, SYSTEMS
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
-    lines = [header, ["-" * w for w in widths], *rows]
-    return "\n".join(
-        "  ".join(
-            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(line, widths))
-        )
-        for line in lines
-    )
+from fedrun.observe.summary import column_table
 
 
 def _mib(n: float) -> str:
@@ -67,7 +56,7 @@ def comparison_table(result: dict[str, Any]) -> str:
         f"{result['machine']['load_average_1m_at_start']:.1f} at start (other processes' load makes wall "
         f"times unreliable; CPU time per example is not)",
     ]
-    return _table(header, rows) + "\n\n" + "\n".join(notes)
+    return column_table(header, rows) + "\n\n" + "\n".join(notes)
 
 
 def scale_tables(scale_result: dict[str, Any]) -> str:
@@ -97,13 +86,13 @@ def scale_tables(scale_result: dict[str, Any]) -> str:
     return "\n".join(
         [
             f"round latency vs clients per round (fedrun, {by_k['workers']} workers)",
-            _table(["K", "latency s", "ms/client", "examples/s", "cores busy"], k_rows),
+            column_table(["K", "latency s", "ms/client", "examples/s", "cores busy"], k_rows),
             f"latency ~ K^{by_k['growth_exponent']:.2f} from K={by_k['rows'][0]['clients']} to "
             f"{by_k['rows'][-1]['clients']}; linear fit {fit['fixed_s']:.3f} s + "
             f"{1000 * fit['per_client_s']:.2f} ms/client",
             "",
             f"round latency vs workers (fedrun, K={by_w['clients_per_round']})",
-            _table(["workers", "latency s", "speed-up", "examples/s", "cores busy"], w_rows),
+            column_table(["workers", "latency s", "speed-up", "examples/s", "cores busy"], w_rows),
         ]
     )
 
@@ -123,7 +112,7 @@ def stragglers_table(result: dict[str, Any]) -> str:
     return (
         f"round latency with worker {result['slow_worker']} slowed ({result['mechanism']}), "
         f"{result['rounds']} rounds each, interleaved\n"
-        + _table(["", "p50 s", "p95 s", "p50 vs none", "copies/wins", "max |w - w_none|"], rows)
+        + column_table(["", "p50 s", "p95 s", "p50 vs none", "copies/wins", "max |w - w_none|"], rows)
     )
 
 
@@ -140,7 +129,7 @@ def buffered_table(result: dict[str, Any]) -> str:
     return (
         f"wall throughput of buffered-async aggregation beside synchronous FedAvg, {result['rounds']} "
         f"updates each, interleaved (target: buffered-async >= {result['target']:.0%} of sync)\n"
-        + _table(["", "p50 s per update", "examples/s", "vs sync"], rows)
+        + column_table(["", "p50 s per update", "examples/s", "vs sync"], rows)
     )
 
 
@@ -152,7 +141,7 @@ def memory_table(memory: dict[str, Any]) -> str:
     growth = "; ".join(f"{name}: {rate / 2**20:+.1f} MiB" for name, rate in memory["growth"].items())
     return (
         f"fedrun process-tree memory over {memory['rounds']} rounds\n"
-        + _table(["", "peak RSS", "peak PSS"], rows)
+        + column_table(["", "peak RSS", "peak PSS"], rows)
         + f"\nRSS growth per 100 rounds after round {MEMORY_CHECKPOINT_ROUND} (tree, and processes alive "
         f"throughout): {growth}"
     )
@@ -167,7 +156,7 @@ def repeats_table(repeats: list[dict[str, Any]]) -> str:
     return (
         f"fedrun's examples/s over {len(repeats)} comparisons (the median one by the TF loop "
         f"ratio is reported and checked against the targets)\n"
-        + _table(["run", *(f"/ {LABELS[o]}" for o in others)], rows)
+        + column_table(["run", *(f"/ {LABELS[o]}" for o in others)], rows)
     )
 
 
@@ -181,4 +170,4 @@ def targets_table(checks: dict[str, dict[str, Any]]) -> str:
             "--epochs 5 on the synthetic data with the linear model; other workloads are measured, "
             "not judged)"
         )
-    return "targets\n" + _table(["", "measured", "target", ""], rows) + note
+    return "targets\n" + column_table(["", "measured", "target", ""], rows) + note

@@ -131,13 +131,7 @@ class BufferedCoordinator(Coordinator):
         arrived = [(f, None) for f in update.results] + list(update.discarded)
         return [
             {
-                "round": round_num,
-                "client": self.source.client_name(flight.client),
-                "index": flight.client,
-                "download_s": flight.time.download_s,
-                "compute_s": flight.time.compute_s,
-                "upload_s": flight.time.upload_s,
-                "total_s": flight.time.total_s,
+                **self.client_fields(round_num, flight.client, flight.time),
                 "start_s": flight.start_s,
                 "version": flight.version,
                 "staleness": update.staleness(flight),

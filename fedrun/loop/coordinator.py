@@ -25,6 +25,7 @@ from fedrun.selection.policy import DROP_REASONS, RoundPlan
 
 if TYPE_CHECKING:
     from fedrun.data.source import ClientDataSource
+    from fedrun.system.profiles import ClientTime
 
 _LOG = logging.getLogger(__name__)
 _STATUS = logging.getLogger("fedrun.status")
@@ -222,18 +223,24 @@ class Coordinator:
             outcome = "counted" if position in counted else "dropped" if reason else "discarded"
             lines.append(
                 {
-                    "round": round_num,
-                    "client": self.source.client_name(int(client)),
-                    "index": int(client),
-                    "download_s": time.download_s,
-                    "compute_s": time.compute_s,
-                    "upload_s": time.upload_s,
-                    "total_s": time.total_s,
+                    **self.client_fields(round_num, int(client), time),
                     "outcome": outcome,
                     "reason": reason or ("abandoned" if simulated.abandoned else None),
                 }
             )
         return lines
+
+    def client_fields(self, round_num: int, client: int, time: ClientTime) -> dict[str, Any]:
+        """What every line of clients.jsonl says of a client: who, and its simulated times."""
+        return {
+            "round": round_num,
+            "client": self.source.client_name(client),
+            "index": client,
+            "download_s": time.download_s,
+            "compute_s": time.compute_s,
+            "upload_s": time.upload_s,
+            "total_s": time.total_s,
+        }
 
     def _shard_record(self, run: ShardRun, plan: RoundPlan) -> ShardRecord:
         training = plan.training

@@ -201,6 +201,18 @@ def buffered_rows(records: Sequence[RoundRecord]) -> list[tuple[str, str]]:
     ]
 
 
+def column_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """Columns under a header and a rule: the first left-aligned, the rest right-aligned."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    lines = [header, ["-" * w for w in widths], *rows]
+    return "\n".join(
+        "  ".join(
+            str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(line, widths))
+        )
+        for line in lines
+    )
+
+
 def text_table(rows: Sequence[tuple[str, str]]) -> str:
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
 
 from fedrun.config import RunConfig
+from fedrun.loop.records import RoundRecord
 from fedrun.loop.run_dir import RunDirectory
 from fedrun.sweep.grid import Cell
 from fedrun.sweep.results import SEED, accuracy_group
@@ -50,11 +51,14 @@ def predicted_reported(selected: int, target: int, fail: float) -> float:
     return float(np.sum(np.minimum(counts, target) * probability) / selected)
 
 
-def write_figures(out: Path, cells: Cells, rows: list[dict[str, Any]]) -> list[str]:
-    """Writes the figures the grid allows into `out`; returns their file names."""
+def write_figures(
+    out: Path, cells: Cells, rows: list[dict[str, Any]], records: list[list[RoundRecord]]
+) -> list[str]:
+    """Writes the figures the grid allows into `out` (`records`: each cell's rounds, in cell
+    order); returns their file names."""
     varied = {key for key in rows[0] if key in cells[0][0].options and len({r[key] for r in rows}) > 1}
     configs = {cell.name: config for cell, config in cells}
-    figures: dict[str, Figure] = {"accuracy_simulated_time.png": _accuracy_curves(cells, rows)}
+    figures: dict[str, Figure] = {"accuracy_simulated_time.png": _accuracy_curves(cells, rows, records)}
     simulated = any(math.isfinite(r["sim_round_p50_s"]) for r in rows)
     if simulated and "clients_per_round" in varied:
         figures["round_time_vs_clients.png"] = _round_time_vs_clients(rows, configs, varied)
@@ -228,22 +232,21 @@ def _sync_vs_async(rows: list[dict[str, Any]], varied: set[str]) -> Figure:
     return figure
 
 
-def _accuracy_curves(cells: Cells, rows: list[dict[str, Any]]) -> Figure:
+def _accuracy_curves(cells: Cells, rows: list[dict[str, Any]], records: list[list[RoundRecord]]) -> Figure:
     """Accuracy against simulated time (rounds without a system model), one line per combination
     of the options but the seed, its seeds' range as a band."""
     figure, (ax,) = _figure(1, "Accuracy against simulated time, per cell (band: range over seeds)")
     options = [key for key in cells[0][0].options if key != SEED]
     curves: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     clock = True
-    for (_, config), row in zip(cells, rows):
-        records = RunDirectory(config.output.dir).rounds.read(on_torn=lambda n: None)
-        group = accuracy_group(records)
+    for row, cell_records in zip(rows, records):
+        group = accuracy_group(cell_records)
         points = [
             (r.sim["clock_s"] if r.sim else r.round, r.eval[group]["accuracy"])
-            for r in records
+            for r in cell_records
             if group in r.eval
         ]
-        clock &= all(r.sim is not None for r in records)
+        clock &= all(r.sim is not None for r in cell_records)
         if points:
             xs, ys = (np.array(p, dtype=float) for p in zip(*points))
             curves.setdefault(_label(row, options), []).append((xs, ys))

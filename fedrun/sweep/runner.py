@@ -54,10 +54,13 @@ class SweepOutcome:
 def run_sweep(
     spec: SweepSpec,
     should_stop: Callable[[], None] = lambda: None,
-    figures: Callable[[Path, list[tuple[Cell, RunConfig]], list[dict[str, Any]]], list[str]] | None = None,
+    figures: Callable[
+        [Path, list[tuple[Cell, RunConfig]], list[dict[str, Any]], list[list[RoundRecord]]], list[str]
+    ]
+    | None = None,
 ) -> SweepOutcome:
     """Runs every unfinished cell, then writes sweep.csv, sweep.jsonl, summary.csv and the
-    figures (`figures(out, cells, rows)` returns the files it wrote)."""
+    figures (`figures(out, cells, rows, records)` returns the files it wrote)."""
     from fedrun.loop.simulation import SharedPool, simulate, started_workers  # loads TensorFlow
 
     cells = spec.cells
@@ -108,19 +111,20 @@ def run_sweep(
     finally:
         progress.close()
         _append_pools(spec.out, pools)
+    records = [_records(config) for _, config in cells]  # read once, for the table and the figures
     rows = [
         {
-            **cell_row(cell, _records(config), spec.target_accuracy),
+            **cell_row(cell, cell_records, spec.target_accuracy),
             "status": _status(config, failures.get(cell.name)),
         }
-        for cell, config in cells
+        for (cell, config), cell_records in zip(cells, records)
     ]
     options = [info.key for info, _ in spec.grid]
     summary = over_seeds(rows, options)
     write_table(spec.out / "sweep.csv", rows)
     write_lines(spec.out / "sweep.jsonl", rows)
     write_table(spec.out / "summary.csv", summary)
-    written = figures(spec.out, cells, rows) if figures else []
+    written = figures(spec.out, cells, rows, records) if figures else []
     return SweepOutcome(rows, summary, pools, written, failures)
 
 

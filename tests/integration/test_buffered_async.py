@@ -8,7 +8,6 @@ worker count; resume is exact. The schedule's decisions are pinned in
 tests/unit/test_buffered_schedule.py.
 """
 
-import json
 import math
 import subprocess
 
@@ -24,6 +23,8 @@ from fedrun.runtime.execution import TrainingGroup
 from fedrun.selection.cohort import training_cohort
 from tests.support.configs import flat_config
 from tests.support.processes import fedrun
+from tests.support.processes import json_lines as lines
+from tests.support.processes import saved_weights as weights
 from tests.support.runs import max_weight_difference, run_coordinator
 from tests.unit.test_system import GivenTimes
 
@@ -116,15 +117,6 @@ def run(out, *args):
     )
     assert result.returncode == 0, result.stderr
     return result
-
-
-def lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def weights(out):
-    with np.load(out / "model_weights.npz") as data:
-        return {k: data[k] for k in data.files}
 
 
 def test_one_worker_and_three_run_the_same_updates(tmp_path):

@@ -18,15 +18,11 @@ from tests.support.processes import (
     wait_for_rounds,
     worker_pids,
 )
+from tests.support.processes import saved_weights as weights
 
 pytestmark = pytest.mark.timeout(400)
 
 RUN = [*SMALL, "--population", "60", "--eval-every", "2"]
-
-
-def weights(out):
-    with np.load(out / "model_weights.npz") as data:
-        return {k: data[k] for k in data.files}
 
 
 def rounds_of(out):

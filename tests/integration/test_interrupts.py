@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.support.processes import assert_gone, descendant_pids, fedrun, start
+from tests.support.processes import saved_weights as weights
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -93,11 +94,6 @@ LONG = (
         ]
     ]
 )
-
-
-def weights(out: Path) -> dict[str, np.ndarray]:
-    with np.load(out / "model_weights.npz") as data:
-        return {k: data[k] for k in data.files}
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,14 @@ the records the same way whatever the workers, abandoned rounds keep the model, 
 alone changes no weight, and resume restores the clock and participation.
 """
 
-import json
 import subprocess
 
 import numpy as np
 import pytest
 
 from tests.support.processes import fedrun
+from tests.support.processes import json_lines as lines
+from tests.support.processes import saved_weights as weights
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -26,15 +27,6 @@ def run(out, *args, check=True):
     if check:
         assert result.returncode == 0, result.stderr
     return result
-
-
-def lines(path):
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def weights(out):
-    with np.load(out / "model_weights.npz") as data:
-        return {k: data[k] for k in data.files}
 
 
 def test_a_system_model_alone_adds_simulated_time_and_changes_no_weight(tmp_path):

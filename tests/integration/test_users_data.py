@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.data_files import write_npz
 from tests.support.processes import fedrun
+from tests.support.processes import saved_weights as weights
 
 pytestmark = pytest.mark.timeout(400)
 
@@ -19,11 +20,6 @@ def run(*args):
     result = subprocess.run(fedrun("run", *RUN, *args), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return result
-
-
-def weights(out):
-    with np.load(out / "model_weights.npz") as data:
-        return {k: data[k] for k in data.files}
 
 
 def test_uint8_images_train_to_the_model_of_the_same_images_prescaled(tmp_path):

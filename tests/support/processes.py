@@ -1,5 +1,6 @@
 """Driving `fedrun` as a user does: a real coordinator process, and the workers it starts."""
 
+import json
 import os
 import signal
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import psutil
 
 # A small run for tests that drive `fedrun run` as a user does.
@@ -68,3 +70,14 @@ def fake_binary(tmp_path: Path, body: str) -> Path:
     path.write_text(f"#!/bin/sh\n{body}\n")
     path.chmod(0o755)
     return path
+
+
+def json_lines(path: Path) -> list[dict]:
+    """A run's rounds.jsonl or clients.jsonl, one object per line."""
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def saved_weights(out: Path) -> dict[str, np.ndarray]:
+    """The final model a run saved in its folder, by array name."""
+    with np.load(out / "model_weights.npz") as data:
+        return {k: data[k] for k in data.files}
