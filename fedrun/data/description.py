@@ -18,10 +18,6 @@ def label_mix(source: ClientDataSource, seed: int = 0) -> dict:
     clients = np.sort(sample_clients(seed, 0, source.population, min(SHOWN_CLIENTS, source.population)))
     counts = []
     for client in clients:
-        labels = [
-            y.numpy()
-            for _, y in source.client_dataset(tf.constant(source.client_key(int(client), TRAIN))).batch(4096)
-        ]
-        found = np.concatenate(labels) if labels else np.zeros(0, np.int64)
-        counts.append(np.bincount(found, minlength=source.num_classes).tolist())
+        _, labels = source.client_examples(tf.constant(source.client_key(int(client), TRAIN)))
+        counts.append(np.bincount(labels.numpy(), minlength=source.num_classes).tolist())
     return {"clients": [source.client_name(int(c)) for c in clients], "labels": counts}

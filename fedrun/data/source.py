@@ -1,7 +1,7 @@
 """The data-source interface: a population of clients, each named by short keys.
 
 A source never hands examples to the coordinator: it names each client's data with a short
-string key, and `client_dataset(key)` (TensorFlow ops only) rebuilds the examples on the worker
+string key, and `client_examples(key)` (TensorFlow ops only) rebuilds the examples on the worker
 that trains the client. Per round the coordinator sends keys, not tensors.
 """
 
@@ -40,8 +40,11 @@ class ClientDataSource(abc.ABC):
         """Everything a worker needs to rebuild this client's split; must not contain '|'."""
 
     @abc.abstractmethod
-    def client_dataset(self, key: tf.Tensor) -> tf.data.Dataset:
-        """The raw examples named by a key (a scalar tf.string), built with TF ops only."""
+    def client_examples(self, key: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """All the examples named by a key (a scalar tf.string) as two tensors, features
+        [n, *shape] and labels [n], built with TF ops only. Whole tensors, not a dataset of
+        examples: the preprocessing then formats them in one op each, with no per-example function
+        for tf.data to set up for every client."""
 
     def heldout_clients(self) -> np.ndarray:
         """Clients that never train, only evaluate (indices at or past `population`)."""

@@ -273,14 +273,14 @@ class SyntheticDigits(ClientDataSource):
         key = f"{self.num_examples(client, split)}:{style_seed}:{_EXAMPLE_SEEDS[split]}"
         return key if self._label_bias is None else f"{key}:{self._label_bias(client)!r}"
 
-    def client_dataset(self, key: tf.Tensor) -> tf.data.Dataset:
+    def client_examples(self, key: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         fields = tf.strings.split(key, ":")
         if self._label_bias is None:
             n, style_seed, example_seed = tf.unstack(tf.strings.to_number(fields, tf.int64), num=3)
-            return tf.data.Dataset.from_tensor_slices(generate_examples(n, style_seed, example_seed))
+            return generate_examples(n, style_seed, example_seed)
         n, style_seed, example_seed = tf.unstack(tf.strings.to_number(fields[:3], tf.int64), num=3)
         bias = tf.strings.to_number(fields[3], tf.float32)
-        return tf.data.Dataset.from_tensor_slices(generate_examples(n, style_seed, example_seed, bias))
+        return generate_examples(n, style_seed, example_seed, bias)
 
 
 _EXAMPLE_SEEDS = {TRAIN: 0, TEST: 1}

@@ -32,8 +32,8 @@ from tests.support.data_files import (
 
 
 def examples(source, client, split):
-    x, y = zip(*source.client_dataset(tf.constant(source.client_key(client, split))).as_numpy_iterator())
-    return np.stack(x), np.array(y)
+    x, y = source.client_examples(tf.constant(source.client_key(client, split)))
+    return x.numpy(), y.numpy()
 
 
 def by_name(source, name):

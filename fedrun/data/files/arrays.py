@@ -70,7 +70,7 @@ class ArrayClients(ClientDataSource):
     def client_key(self, client: int, split: str) -> str:
         return f"{split}/{self._positions[client]}.bin:{self.num_examples(client, split)}"
 
-    def client_dataset(self, key: tf.Tensor) -> tf.data.Dataset:
+    def client_examples(self, key: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         path, count = tf.unstack(tf.strings.split(key, ":"), num=2)
         n = tf.strings.to_number(count, tf.int32)
         content = tf.io.read_file(tf.strings.join([str(self.folder), "/", path]))
@@ -80,4 +80,4 @@ class ArrayClients(ClientDataSource):
         x = tf.cast(tf.reshape(x, tf.concat([[n], self.feature_shape], 0)), tf.float32)
         if self.scale is not None:
             x = x * self.scale
-        return tf.data.Dataset.from_tensor_slices((x, y))
+        return x, y
