@@ -22,7 +22,7 @@ import psutil
 from cluster.errors import WorkerStartError
 from cluster.local import cgroups
 
-DUTY_PERIOD_S = 0.1  # short against a shard (seconds), long against a context switch
+DUTY_PERIOD_S = 0.02  # short against one client's training (a few ms), long against a context switch
 _LOG = logging.getLogger(__name__)
 
 

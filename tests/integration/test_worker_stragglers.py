@@ -39,7 +39,8 @@ def per_worker(rounds, value):
 def test_a_slowed_worker_is_slower_in_its_shards_and_its_measured_clients(
     mechanism, source, algorithm, tmp_path
 ):
-    config = flat_config(CONFIG, shards=6)  # both workers take shards in every round
+    # both workers take shards in every round, the slow one enough clients for a mean
+    config = flat_config(CONFIG, shards=6, clients_per_round=40)
     _, rounds = slowed_run(config, source, algorithm, tmp_path, factor=4.0, mechanism=mechanism)
 
     seconds_per_example = per_worker(rounds, lambda s: (s["end"] - s["start"]) / s["examples"])
