@@ -153,7 +153,7 @@ class _TfLoop:
             eval_dataset_computation,
             train_dataset_computation,
         )
-        from fedrun.learning.models import ModelSpec, create_model_fn
+        from fedrun.learning.models import ModelInit, ModelSpec, create_model_fn
         from fedrun.loop.simulation import open_source
 
         self.workload = workload
@@ -168,7 +168,7 @@ class _TfLoop:
             self.source.num_classes,
         )
         self.loop = TfLoopFedAvg(
-            create_model_fn(w.model, spec),
+            create_model_fn(w.model, spec, ModelInit(w.model_init, w.seed)),
             train_data,
             eval_dataset_computation(self.source, prep),
             client_lr=w.client_lr,

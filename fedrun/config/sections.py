@@ -13,7 +13,7 @@ from pathlib import Path
 from fedrun.asynchrony.staleness import staleness_weighting
 from fedrun.config.fields import option
 from fedrun.data.registry import SOURCES
-from fedrun.learning.registry import CLIENT_LOOPS, DATA_PLACEMENTS, MODELS, OPTIMIZERS
+from fedrun.learning.registry import CLIENT_LOOPS, DATA_PLACEMENTS, MODEL_INITS, MODELS, OPTIMIZERS
 from fedrun.registry import names
 from fedrun.selection.sharding import SHARD_SIZINGS
 
@@ -51,8 +51,14 @@ class Workload:
     )
     client_lr: float = option(0.01, "client optimizer learning rate", decides_result=True)
     server_lr: float = option(1.0, "server optimizer learning rate", decides_result=True)
-    seed: int = option(0, "seed of client sampling and shuffling", decides_result=True)
+    seed: int = option(0, "seed of client sampling, shuffling and initial weights", decides_result=True)
     model: str = option("linear", "the model to train", choices=names(MODELS), decides_result=True)
+    model_init: str = option(
+        "default",
+        "the model's initial weights, seeded by --seed",
+        choices=names(MODEL_INITS),
+        decides_result=True,
+    )
     client_optimizer: str = option(
         "sgd", "optimizer of local training", choices=names(OPTIMIZERS), decides_result=True
     )

@@ -21,7 +21,7 @@ from fedrun.data.preprocessing import Preprocessing
 from fedrun.data.source import ClientDataSource
 from fedrun.learning.buffered import BufferedComputations, build_buffered
 from fedrun.learning.client_work import timed_client_work
-from fedrun.learning.models import ModelSpec, create_model_fn
+from fedrun.learning.models import DEFAULT_INIT, ModelInit, ModelSpec, create_model_fn
 from fedrun.learning.registry import CLIENT_LOOPS, OPTIMIZERS
 
 
@@ -46,6 +46,7 @@ def build_algorithm(
     source: ClientDataSource,
     *,
     model: str,
+    model_init: ModelInit = DEFAULT_INIT,
     epochs: int,
     batch_size: int,
     shuffle_buffer: int,
@@ -71,6 +72,7 @@ def build_algorithm(
         ModelSpec(
             train_data.type_signature.result.element, tuple(source.element_spec[0].shape), source.num_classes
         ),
+        model_init,
     )
     loop = CLIENT_LOOPS[client_loop].load()
     client_opt = OPTIMIZERS[client_optimizer].load()(client_lr, client_momentum)
@@ -142,6 +144,7 @@ def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgor
     return build_algorithm(
         source,
         model=w.model,
+        model_init=ModelInit(w.model_init, w.seed),
         epochs=w.epochs,
         batch_size=w.batch_size,
         shuffle_buffer=w.shuffle_buffer,

@@ -13,11 +13,11 @@ import tensorflow_federated as tff
 
 
 class CustomLinear(tff.learning.models.VariableModel):
-    def __init__(self, features: int, num_classes: int):
+    def __init__(self, features: int, num_classes: int, kernel: tf.keras.initializers.Initializer):
         self._input_spec = collections.OrderedDict(
             x=tf.TensorSpec([None, features], tf.float32), y=tf.TensorSpec([None, 1], tf.int32)
         )
-        self._weights = tf.Variable(tf.zeros([features, num_classes]), name="weights")
+        self._weights = tf.Variable(kernel([features, num_classes]), name="weights")
         self._bias = tf.Variable(tf.zeros([num_classes]), name="bias")
         self._num_examples = tf.Variable(0.0, name="num_examples", trainable=False)
         self._loss_sum = tf.Variable(0.0, name="loss_sum", trainable=False)

@@ -1,4 +1,8 @@
-"""Model registry: a name -> a `tff.learning.models.VariableModel` factory for the data's shape."""
+"""Model registry: a name -> a `tff.learning.models.VariableModel` factory for the data's shape
+and the initial weights asked for.
+
+Initializers are seeded (stateless in Keras 2): every call of a model function, in any process,
+starts from the same weights, so TFF's `initialize`, the bench's TF loop and peers agree."""
 
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -8,7 +12,7 @@ import tensorflow_federated as tff
 
 from fedrun.errors import FedrunError
 from fedrun.learning.custom_linear import CustomLinear
-from fedrun.learning.registry import MODELS
+from fedrun.learning.registry import MODEL_INITS, MODELS
 
 ModelFn = Callable[[], tff.learning.models.VariableModel]
 
@@ -26,6 +30,24 @@ class ModelSpec:
         return int(self.input_spec["x"].shape[-1])
 
 
+@dataclass(frozen=True)
+class ModelInit:
+    """How the trainable weights start (fedrun.learning.registry.MODEL_INITS), and the run's seed."""
+
+    kind: str = "default"
+    seed: int = 0
+
+    def kernel(self, default: str, offset: int = 0) -> tf.keras.initializers.Initializer:
+        """A kernel's initializer; `default` is the model's own kind, `offset` tells its layers apart."""
+        kind = default if self.kind == "default" else self.kind
+        if kind == "zeros":
+            return tf.keras.initializers.Zeros()
+        return tf.keras.initializers.GlorotUniform(seed=self.seed + offset)
+
+
+DEFAULT_INIT = ModelInit()
+
+
 def _from_keras(spec: ModelSpec, build: Callable[[], tf.keras.Model]) -> ModelFn:
     def model_fn():
         return tff.learning.models.from_keras_model(
@@ -38,28 +60,30 @@ def _from_keras(spec: ModelSpec, build: Callable[[], tf.keras.Model]) -> ModelFn
     return model_fn
 
 
-def linear_softmax(spec: ModelSpec) -> ModelFn:
-    """The seed tutorial's model: Dense(num_classes) from zeros + softmax, via TFF's Keras conversion."""
+def linear_softmax(spec: ModelSpec, init: ModelInit) -> ModelFn:
+    """The seed tutorial's model: Dense(num_classes) + softmax, via TFF's Keras conversion; by
+    default Glorot-uniform, as Keras' Dense starts."""
     return _from_keras(
         spec,
         lambda: tf.keras.Sequential(
             [
                 tf.keras.layers.InputLayer(input_shape=(spec.features,)),
-                tf.keras.layers.Dense(spec.num_classes, kernel_initializer="zeros"),
+                tf.keras.layers.Dense(spec.num_classes, kernel_initializer=init.kernel("glorot-uniform")),
                 tf.keras.layers.Softmax(),
             ]
         ),
     )
 
 
-def custom_linear(spec: ModelSpec) -> ModelFn:
-    """The same model hand-written against VariableModel, as the tutorial's custom-model section does."""
-    return lambda: CustomLinear(spec.features, spec.num_classes)
+def custom_linear(spec: ModelSpec, init: ModelInit) -> ModelFn:
+    """The same model hand-written against VariableModel, as the tutorial's custom-model section
+    does; by default from zeros, as the tutorial's."""
+    return lambda: CustomLinear(spec.features, spec.num_classes, init.kernel("zeros"))
 
 
-def cnn(spec: ModelSpec) -> ModelFn:
+def cnn(spec: ModelSpec, init: ModelInit) -> ModelFn:
     """The follow-up tutorial's CNN (two 5x5 conv + max-pool blocks, Dense 512, softmax), for
-    realistic client compute. Initializers are seeded so every run starts from the same model."""
+    realistic client compute; Glorot-uniform kernels (never zeros: they would stay symmetric)."""
     shape = spec.feature_shape if len(spec.feature_shape) == 3 else (*spec.feature_shape, 1)
     if len(shape) != 3:
         raise FedrunError(
@@ -67,13 +91,16 @@ def cnn(spec: ModelSpec) -> ModelFn:
             f"examples have shape {spec.feature_shape}: use --model linear"
         )
 
-    def init(seed: int) -> tf.keras.initializers.Initializer:
-        return tf.keras.initializers.GlorotUniform(seed=seed)
+    if init.kind == "zeros":
+        raise FedrunError("a CNN from zeros never breaks its symmetry: use --model-init default")
 
-    def conv_block(filters: int, seed: int) -> list[tf.keras.layers.Layer]:
+    def kernel(layer: int) -> tf.keras.initializers.Initializer:
+        return init.kernel("glorot-uniform", offset=layer)
+
+    def conv_block(filters: int, layer: int) -> list[tf.keras.layers.Layer]:
         return [
             tf.keras.layers.Conv2D(
-                filters, 5, padding="same", activation="relu", kernel_initializer=init(seed)
+                filters, 5, padding="same", activation="relu", kernel_initializer=kernel(layer)
             ),
             tf.keras.layers.MaxPool2D(2, padding="same"),
         ]
@@ -84,18 +111,22 @@ def cnn(spec: ModelSpec) -> ModelFn:
             [
                 tf.keras.layers.InputLayer(input_shape=(spec.features,)),
                 tf.keras.layers.Reshape(shape),
-                *conv_block(32, seed=1),
-                *conv_block(64, seed=2),
+                *conv_block(32, layer=1),
+                *conv_block(64, layer=2),
                 tf.keras.layers.Flatten(),
-                tf.keras.layers.Dense(512, activation="relu", kernel_initializer=init(3)),
-                tf.keras.layers.Dense(spec.num_classes, kernel_initializer=init(4)),
+                tf.keras.layers.Dense(512, activation="relu", kernel_initializer=kernel(3)),
+                tf.keras.layers.Dense(spec.num_classes, kernel_initializer=kernel(4)),
                 tf.keras.layers.Softmax(),
             ]
         ),
     )
 
 
-def create_model_fn(name: str, spec: ModelSpec) -> ModelFn:
+def create_model_fn(name: str, spec: ModelSpec, init: ModelInit = DEFAULT_INIT) -> ModelFn:
     if name not in MODELS:
         raise FedrunError(f"unknown model '{name}'; choose one of: {', '.join(MODELS)}")
-    return MODELS[name].load()(spec)
+    if init.kind not in MODEL_INITS:
+        raise FedrunError(
+            f"unknown model initialization '{init.kind}'; choose one of: {', '.join(MODEL_INITS)}"
+        )
+    return MODELS[name].load()(spec, init)

@@ -16,6 +16,14 @@ MODELS = {
         "fedrun.learning.models:cnn",
     ),
 }
+# How a model's trainable weights start (`--model-init`), seeded by the run's --seed.
+MODEL_INITS = {
+    "default": Entry(
+        "the model's own: Glorot-uniform for linear (as Keras' Dense) and cnn, zeros for custom-linear"
+    ),
+    "glorot-uniform": Entry("Glorot-uniform kernels, zero biases"),
+    "zeros": Entry("all zeros (linear models only)"),
+}
 OPTIMIZERS = {
     "sgd": Entry("SGD, with momentum if set", "fedrun.learning.optimizers:sgd"),
     "adam": Entry("Adam (as the server optimizer: FedAdam)", "fedrun.learning.optimizers:adam"),

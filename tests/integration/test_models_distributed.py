@@ -20,8 +20,8 @@ def source():
 
 def test_custom_linear_follows_the_keras_linear_trajectory(source, tmp_path):
     runs = {}
-    for model in ("linear", "custom-linear"):
-        config = flat_config(CONFIG, model=model)
+    for model in ("linear", "custom-linear"):  # from the same weights (custom-linear's own: zeros)
+        config = flat_config(CONFIG, model=model, model_init="glorot-uniform")
         runs[model] = run_coordinator(config, source, algorithm_for(config, source), tmp_path / model)
     (keras_state, keras_rounds), (custom_state, custom_rounds) = runs["linear"], runs["custom-linear"]
     assert max_weight_difference(custom_state, keras_state) <= 1e-5

@@ -1,4 +1,5 @@
-"""Models and the names of their metrics, eagerly in this process (no worker)."""
+"""Models and the names of their metrics, eagerly in this process (one test runs TFF's initialize
+on its own local worker)."""
 
 import collections
 
@@ -9,7 +10,7 @@ import tensorflow_federated as tff
 
 from fedrun.errors import FedrunError
 from fedrun.learning import algorithm
-from fedrun.learning.models import ModelSpec, create_model_fn
+from fedrun.learning.models import ModelInit, ModelSpec, create_model_fn
 from fedrun.learning.registry import CLIENT_LOOPS, MODELS, OPTIMIZERS
 from tests.support.configs import flat_config
 
@@ -102,6 +103,62 @@ def test_cnn_reshapes_flat_images_and_predicts_every_class():
     )
     assert output.predictions.shape == (3, 10)
     np.testing.assert_allclose(tf.reduce_sum(output.predictions, axis=1), 1.0, rtol=1e-5)
+
+
+def kernel_and_bias(name: str, init: ModelInit) -> tuple[np.ndarray, np.ndarray]:
+    return tuple(np.asarray(v) for v in create_model_fn(name, SPEC, init)().trainable_variables)
+
+
+def test_linear_starts_as_kerass_dense_does_seeded_by_the_run_seed():
+    kernel, bias = kernel_and_bias("linear", ModelInit("default", seed=7))
+    dense = tf.keras.layers.Dense(CLASSES, kernel_initializer=tf.keras.initializers.GlorotUniform(seed=7))
+    dense.build((None, FEATURES))
+    np.testing.assert_array_equal(kernel, dense.kernel)
+    np.testing.assert_array_equal(bias, np.zeros(CLASSES))
+    limit = np.sqrt(6 / (FEATURES + CLASSES))  # Glorot-uniform's bound
+    assert np.abs(kernel).max() <= limit and kernel.std() > limit / 4
+    # Seeded: the same weights on every call (TFF traces model_fn more than once), others by seed.
+    np.testing.assert_array_equal(kernel_and_bias("linear", ModelInit("default", seed=7))[0], kernel)
+    assert not np.array_equal(kernel_and_bias("linear", ModelInit("default", seed=8))[0], kernel)
+
+
+def test_custom_linear_starts_from_zeros_as_the_tutorial_or_from_the_linear_models_weights():
+    for array in kernel_and_bias("custom-linear", ModelInit("default", seed=7)):
+        np.testing.assert_array_equal(array, 0.0)
+    for kind in ("glorot-uniform", "zeros"):
+        for ours, keras in zip(
+            kernel_and_bias("custom-linear", ModelInit(kind, seed=3)),
+            kernel_and_bias("linear", ModelInit(kind, seed=3)),
+        ):
+            np.testing.assert_array_equal(ours, keras)
+
+
+def test_tffs_initial_state_is_the_models_initial_weights():
+    """TFF builds `initialize` in a graph, run here in its own local context (one worker process):
+    the seeded initializer gives the eager weights there, which the bench's TF loop and peers use."""
+    from fedrun.bench.reference import tff_local_context
+    from fedrun.data.synthetic import SyntheticDigits
+
+    config = flat_config(seed=5, population=10, clients_per_round=4)
+    learning = algorithm.algorithm_for(config, SyntheticDigits(population=10)).training
+    with tff_local_context():
+        state = learning.get_model_weights(learning.initialize()).trainable
+    spec = ModelSpec(
+        collections.OrderedDict(
+            x=tf.TensorSpec([None, 784], tf.float32), y=tf.TensorSpec([None, 1], tf.int32)
+        ),
+        (28, 28),
+        10,
+    )
+    eager = create_model_fn("linear", spec, ModelInit("default", seed=5))().trainable_variables
+    for ours, theirs in zip(state, eager):
+        np.testing.assert_array_equal(ours, theirs)
+    assert np.abs(state[0]).max() > 0
+
+
+def test_a_cnn_from_zeros_is_refused():
+    with pytest.raises(FedrunError, match="never breaks its symmetry"):
+        create_model_fn("cnn", ModelSpec(INPUT_SPEC, (3, 4), CLASSES), ModelInit("zeros"))
 
 
 def test_cnn_needs_image_examples():
