@@ -18,11 +18,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from tests.support import netns
-from tests.support.processes import fedrun, json_lines, saved_weights
+from tests.support.processes import assert_same_training, fedrun, json_lines, local_reference_run
 from tests.support.waiting import env_with_repo_on_path
 
 pytestmark = pytest.mark.timeout(300)
@@ -91,16 +90,7 @@ def workers(network: netns.Network, tmp_path: Path) -> Iterator[list[subprocess.
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The same rounds on the local backend, in this (the machine's own) namespace."""
-    out = tmp_path_factory.mktemp("local")
-    done = subprocess.run(
-        fedrun("run", *RUN, "--rounds", "3", "--backend", "local", "--workers", "2", "--out", str(out)),
-        capture_output=True,
-        text=True,
-        timeout=WAIT_S,
-        env=env_with_repo_on_path(),
-    )
-    assert done.returncode == 0, done.stderr
-    return out
+    return local_reference_run([*RUN, "--rounds", "3"], tmp_path_factory.mktemp("local"), WAIT_S)
 
 
 def test_run_across_namespaces_equals_the_local_run(
@@ -118,7 +108,7 @@ def test_run_across_namespaces_equals_the_local_run(
     for record in rounds:
         assert {shard["worker"] for shard in record["shards"]} == {"static-0", "static-1"}
         assert record["failures"] == []
-    _assert_same_training(out, local_run, rounds, expected)
+    assert_same_training(out, local_run, rounds, expected)
     assert all(worker.poll() is None for worker in workers)  # fedrun stopped neither
 
 
@@ -181,22 +171,13 @@ def test_a_split_off_worker_is_lost_like_a_dead_one(
     assert failures and all(f["worker"] == "static-1" and not f["replaced"] for f in failures)
     assert rounds[-1]["workers"] == 1 and {s["worker"] for s in rounds[-1]["shards"]} == {"static-0"}
     assert workers[0].poll() is None
-    _assert_same_training(out, local_run, rounds, json_lines(local_run / "rounds.jsonl"))
+    assert_same_training(out, local_run, rounds, json_lines(local_run / "rounds.jsonl"))
     # Found by the liveness probe (5 s) and given up after the wait for its return, not after
     # --rpc-timeout-s (600 s): the generous bound is for a busy machine.
     assert surfaced < LOST_BOUND_S
     print(
         f"{lose.__name__}: worker-1 given up {surfaced:.1f} s after it was lost, run done at {finished:.1f} s"
     )
-
-
-def _assert_same_training(out: Path, reference: Path, rounds: list[dict], expected: list[dict]) -> None:
-    ours, theirs = saved_weights(out), saved_weights(reference)
-    assert ours.keys() == theirs.keys()
-    assert max(float(np.max(np.abs(ours[k] - theirs[k]))) for k in theirs) <= 1e-5
-    assert [r["train"]["num_examples"] for r in rounds] == [r["train"]["num_examples"] for r in expected]
-    for record, local in zip(rounds, expected, strict=True):
-        assert record["train"] == pytest.approx(local["train"], rel=1e-5, abs=1e-7)
 
 
 class Coordinator:

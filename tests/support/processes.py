@@ -10,6 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+import pytest
+
+from tests.support.waiting import env_with_repo_on_path
 
 # A small run for tests that drive `fedrun run` as a user does.
 SMALL = "--rounds 2 --clients-per-round 8 --epochs 1 --population 100 --eval-clients 4 --no-progress".split()
@@ -81,3 +84,33 @@ def saved_weights(out: Path) -> dict[str, np.ndarray]:
     """The final model a run saved in its folder, by array name."""
     with np.load(out / "model_weights.npz") as data:
         return {k: data[k] for k in data.files}
+
+
+def max_weight_difference(out: Path, reference: Path) -> float:
+    """The largest difference between two runs' final models, over all arrays."""
+    ours, theirs = saved_weights(out), saved_weights(reference)
+    assert ours.keys() == theirs.keys()
+    return max(float(np.max(np.abs(ours[k] - theirs[k]))) for k in theirs)
+
+
+def assert_same_training(out: Path, reference: Path, rounds: list[dict], expected: list[dict]) -> None:
+    """Run `out` trained the model `reference` trained: same final weights, same train metrics
+    (`rounds`, `expected`: their rounds.jsonl records)."""
+    assert max_weight_difference(out, reference) <= 1e-5
+    assert [r["train"]["num_examples"] for r in rounds] == [r["train"]["num_examples"] for r in expected]
+    for record, local in zip(rounds, expected, strict=True):
+        assert record["train"] == pytest.approx(local["train"], rel=1e-5, abs=1e-7)
+
+
+def local_reference_run(args: list[str], out: Path, timeout: float) -> Path:
+    """`fedrun run ARGS` on 2 local workers from this checkout, the run that one elsewhere (other
+    namespaces, containers) must equal: its folder, once it succeeded."""
+    done = subprocess.run(
+        fedrun("run", *args, "--backend", "local", "--workers", "2", "--out", str(out)),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env_with_repo_on_path(),
+    )
+    assert done.returncode == 0, done.stderr
+    return out

@@ -118,30 +118,6 @@ def test_kubernetes_example_is_a_scrape_job_once_uncommented(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_kubernetes_example_selects_the_coordinator_pod_of_the_manifests(tmp_path):
-    manifest = DEPLOY / "k8s" / "coordinator.yaml"
-    if not manifest.exists():
-        pytest.skip("no deploy/k8s/coordinator.yaml in this tree")
-    job = yaml.safe_load(uncommented_kubernetes_example(tmp_path).read_text())["scrape_configs"][-1]
-    keep = {
-        rule["source_labels"][0]: rule["regex"]
-        for rule in job["relabel_configs"]
-        if rule.get("action") == "keep"
-    }
-    coordinator_job = yaml.safe_load(manifest.read_text())
-    pod = coordinator_job["spec"]["template"]
-    container = next(c for c in pod["spec"]["containers"] if c["name"] == "coordinator")
-    assert job["kubernetes_sd_configs"][0]["namespaces"]["names"] == [
-        coordinator_job["metadata"]["namespace"]
-    ]
-    assert (
-        keep["__meta_kubernetes_pod_label_app_kubernetes_io_component"]
-        == pod["metadata"]["labels"]["app.kubernetes.io/component"]
-    )
-    assert keep["__meta_kubernetes_pod_container_port_name"] in [port["name"] for port in container["ports"]]
-    assert container["args"][container["args"].index("--metrics-host") + 1] == "0.0.0.0"
-
-
 @needs_promtool
 def test_promtool_accepts_the_prometheus_config():
     result = promtool("check", "config", str(PROMETHEUS_CONFIG))
