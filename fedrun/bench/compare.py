@@ -30,6 +30,7 @@ from fedrun.bench.config import (
     WORKLOAD_FLAGS,
     BenchConfig,
 )
+from fedrun.bench.file_workload import bench_file
 from fedrun.bench.process_tree import PeakMemorySampler
 from fedrun.bench.statistics import (
     agreement,
@@ -44,7 +45,9 @@ from fedrun.bench.statistics import (
 from fedrun.bench.systems import build_and_start, system_processes
 from fedrun.bench.tables import (
     buffered_table,
+    client_costs_table,
     comparison_table,
+    data_paths_table,
     memory_table,
     repeats_table,
     scale_tables,
@@ -55,14 +58,13 @@ from fedrun.config import BY_FLAG, RunConfig
 from fedrun.stopping import STOP
 
 
-def compare(bench: BenchConfig) -> dict[str, Any]:
+def compare(config: RunConfig) -> dict[str, Any]:
     """The systems on the workload, rounds interleaved; checks they agree."""
-    config = bench.workload
     workload = config.workload
     specs = {
         "fedrun": ("fedrun", config),
         "fedrun_untimed": ("fedrun", config.replace(observe={"client_timing": False})),
-        "tff_local": ("tff_local", config.replace(workload={"client_loop": "reduce"})),
+        "tff_local": ("tff_tutorial", config.replace(workload={"client_loop": "reduce"})),
         "tff_local_same_loop": ("tff_local", config),
         "tf_loop": ("tf_loop", config),
     }
@@ -219,6 +221,61 @@ def buffered(bench: BenchConfig) -> dict[str, Any]:
     return {"rounds": config.workload.rounds, "target": TARGET_BUFFERED_THROUGHPUT, "rows": rows}
 
 
+def data_paths(embedded: RunConfig, on_file: RunConfig) -> dict[str, Any]:
+    """fedrun on the embedded data and on a file, the same workload, rounds interleaved: what the
+    file-backed path costs against data generated on the workers."""
+    specs = {"embedded data": ("fedrun", embedded), "file": ("fedrun", on_file)}
+    clients = embedded.workload.clients_per_round
+    with PeakMemorySampler() as sampler, system_processes(specs, sampler) as children:
+        build_and_start(children)
+        by_data = _interleaved(
+            [(name, clients) for name in specs], embedded.workload.rounds - 1, _next_rounds(children)
+        )
+    rows = [
+        {
+            "data": name,
+            "examples_per_s": float(np.median([r["num_examples"] / r["latency_s"] for r in records])),
+            "round_latency_median_s": float(np.median([r["latency_s"] for r in records])),
+        }
+        for name, records in ((name, by_data[(name, clients)]) for name in specs)
+    ]
+    return {"rows": rows, "file_vs_embedded": rows[1]["examples_per_s"] / rows[0]["examples_per_s"]}
+
+
+def client_costs(config: RunConfig) -> dict[str, Any]:
+    """fedrun.bench.client_costs' probes on one worker, each over the round's clients in one
+    call, rounds interleaved: a client's cost split into its parts."""
+    from fedrun.bench.client_costs import PROBES, breakdown
+
+    clients = config.workload.clients_per_round
+    with (
+        PeakMemorySampler() as sampler,
+        system_processes({"costs": ("client_costs", config)}, sampler) as children,
+    ):
+        build_and_start(children)
+        child = children["costs"]
+        next_round = dict.fromkeys(PROBES, 1)
+
+        def run(name: str, k: int) -> dict[str, Any]:
+            STOP.check()
+            record = child.call("probe", name, next_round[name], k)
+            next_round[name] += 1
+            return record
+
+        by_probe = _interleaved([(name, clients) for name in PROBES], config.workload.rounds - 1, run)
+    per_client_ms = {
+        name: 1000 * float(np.median([r["latency_s"] for r in by_probe[(name, clients)]])) / clients
+        for name in PROBES
+    }
+    return {
+        "data": config.data.source,
+        "clients": clients,
+        "epochs": config.workload.epochs,
+        "per_client_ms": per_client_ms,
+        "breakdown": breakdown(per_client_ms, config.workload.epochs),
+    }
+
+
 def _next_rounds(children: dict[str, Any]) -> Callable[[str, int], dict[str, Any]]:
     """`run(name, clients)`: the next round of that system with that many clients, its record."""
     next_round = dict.fromkeys(children, 1)
@@ -291,20 +348,24 @@ def rounds_memory(
 
 def run_bench(bench: BenchConfig, print_line: Callable[[str], None] = print) -> dict[str, Any]:
     result: dict[str, Any] = {"workload": _workload_fields(bench.workload), "machine": _machine()}
-    runs = []
-    for index in range(bench.repeat):
-        runs.append(compare(bench))
-        if bench.repeat > 1:
-            print_line(f"comparison {index + 1} of {bench.repeat}")
-        print_line(comparison_table({**result, **runs[-1]}))
-    result.update(median_run(runs))
-    if bench.repeat > 1:
-        result["repeats"] = [{"ratios": run["ratios"], "agreement": run["agreement"]} for run in runs]
-        result["agreement"] = {
-            **result["agreement"],
-            "passed": all(run["agreement"]["passed"] for run in runs),
-        }
-        print_line(repeats_table(result["repeats"]))
+    result.update(_comparisons(bench, bench.workload, print_line))
+    on_file = None
+    if bench.file_data:
+        path = bench_file(bench.workload.data.cache_dir, bench.file_clients)
+        on_file = bench.workload.replace(data={"source": str(path)})
+        print_line(f"\nthe same workload on a file: {path} ({bench.file_clients} writers)")
+        result["file"] = {"path": str(path), **_comparisons(bench, on_file, print_line)}
+        result["data_paths"] = data_paths(bench.workload, on_file)
+        print_line(data_paths_table(result["data_paths"]))
+    if "pfl" in bench.peers:
+        from fedrun.bench.peers.pfl import peers_table, pfl_side_by_side
+
+        result["peers"] = {"pfl": pfl_side_by_side(on_file or bench.workload)}
+        print_line(peers_table(result["peers"]["pfl"]))
+    result["client_costs"] = {
+        name: client_costs(config) for name, config in (("main", bench.workload), ("file", on_file)) if config
+    }
+    print_line(client_costs_table(result["client_costs"]))
     if bench.scale:
         result["scale"] = scale(bench)
         print_line(scale_tables(result["scale"]))
@@ -318,10 +379,31 @@ def run_bench(bench: BenchConfig, print_line: Callable[[str], None] = print) -> 
         result["rounds_memory"] = rounds_memory(bench, print_line)
         print_line(memory_table(result["rounds_memory"]))
     result["machine"]["load_average_1m_at_end"] = os.getloadavg()[0]
-    fedrun_vs = {other: result["ratios"][f"fedrun_vs_{other}"] for other in SYSTEMS if other != "fedrun"}
-    result["targets"] = targets(result["systems"], fedrun_vs, result.get("scale"), bench.reference_workload)
+    result["targets"] = targets(result, bench.reference_workload)
     print_line(targets_table(result["targets"]))
     return result
+
+
+def _comparisons(bench: BenchConfig, config: RunConfig, print_line: Callable[[str], None]) -> dict[str, Any]:
+    """`bench.repeat` comparisons of the systems on `config`; the median one, with the others'
+    ratios beside it."""
+    runs = []
+    for index in range(bench.repeat):
+        runs.append(compare(config))
+        if bench.repeat > 1:
+            print_line(f"comparison {index + 1} of {bench.repeat}")
+        print_line(
+            comparison_table({"workload": _workload_fields(config), "machine": _machine(), **runs[-1]})
+        )
+    chosen = median_run(runs)
+    if bench.repeat > 1:
+        chosen["repeats"] = [{"ratios": run["ratios"], "agreement": run["agreement"]} for run in runs]
+        chosen["agreement"] = {
+            **chosen["agreement"],
+            "passed": all(run["agreement"]["passed"] for run in runs),
+        }
+        print_line(repeats_table(chosen["repeats"]))
+    return chosen
 
 
 def _workload_fields(config: RunConfig) -> dict[str, Any]:

@@ -16,9 +16,15 @@ LABELS = {
     "fedrun": "fedrun",
     "fedrun_untimed": "fedrun, clients untimed",
     "tff_local": "TFF local context",
-    "tff_local_same_loop": "TFF local, fedrun's loop",
+    "tff_local_same_loop": "TFF local, fedrun's data and loop",
     "tf_loop": "TF loop",
 }
+# Named workload shapes (`--preset`); flags given explicitly win.
+PRESETS = {"cross-device": {"epochs": 1, "clients-per-round": 256}}
+# The workloads the targets were set for: the defaults, and the cross-device preset.
+REFERENCE_SHAPES = ({}, PRESETS["cross-device"])
+DEFAULT_FILE_CLIENTS = 500  # writers in the file the bench writes: ~53,000 training examples
+PEER_SIMULATORS = ("pfl",)  # `--peers`: other simulators, each in an environment of its own
 # The run options `fedrun bench` takes, by flag; everything else keeps RunConfig's defaults.
 WORKLOAD_FLAGS = (
     "rounds",
@@ -58,6 +64,14 @@ MAX_TEST_ACCURACY_DIFF = 1e-3  # held-out accuracy; a weight difference of 1e-4 
 
 # The issue's targets (2 cores): ratios of examples/s measured in the same run.
 TARGET_RATIO = 1.7
+# On a file: fedrun over TFF's local context given the tutorial's Python-built datasets, and over
+# fedrun itself on the embedded data (same workload, interleaved).
+TARGET_FILE_RATIO = 1.8
+TARGET_FILE_VS_EMBEDDED = 0.9
+# fedrun over pfl-research (`--peers pfl`) on the same file, each process count.
+TARGET_PEER_RATIO = 1.2
+# What a client costs on a worker beyond its epochs (fedrun.bench.client_costs), in ms.
+TARGET_FIXED_MS_PER_CLIENT = 3.0
 # What timing each client on its worker may cost: fedrun's round latency over the same rounds
 # with TFF's untimed FedAvg (per-round pairs).
 TARGET_TIMING_OVERHEAD = 1.02
@@ -81,17 +95,25 @@ class BenchConfig:
     stragglers: bool = False  # also: one worker slowed, and what each mitigation does about it
     slow_factor: float = 4.0  # how much slower the slowed worker is made
     buffered: bool = False  # also: buffered-async aggregation's throughput beside synchronous FedAvg
+    file_data: bool = False  # also: the same workload on a file the bench writes (file_clients writers)
+    file_clients: int = DEFAULT_FILE_CLIENTS
+    peers: tuple[str, ...] = ()  # other simulators run beside fedrun on the .npz workload
 
     @property
     def reference_workload(self) -> bool:
-        """Whether this is the workload the targets were set for: the defaults (workers and
-        worker threads aside)."""
-        defaults = RunConfig()
-        return all(
-            self.workload.value(BY_FLAG[flag]) == defaults.value(BY_FLAG[flag])
-            for flag in WORKLOAD_FLAGS
-            if not flag.startswith("worker")
-        )
+        """Whether this is a workload the targets were set for: the defaults or the cross-device
+        preset (workers and worker threads aside)."""
+        for shape in REFERENCE_SHAPES:
+            expected = RunConfig()
+            if shape:
+                expected = resolve(flag_values(shape))
+            if all(
+                self.workload.value(BY_FLAG[flag]) == expected.value(BY_FLAG[flag])
+                for flag in WORKLOAD_FLAGS
+                if not flag.startswith("worker")
+            ):
+                return True
+        return False
 
     def __post_init__(self) -> None:
         config = self.workload
@@ -135,6 +157,12 @@ class BenchConfig:
             raise ValueError(f"slow_factor must be more than 1, got {self.slow_factor}")
         if self.scale_rounds < 1:
             raise ValueError(f"scale_rounds must be at least 1, got {self.scale_rounds}")
+        if self.file_clients < 2:
+            raise ValueError(f"file_clients must be at least 2, got {self.file_clients}")
+        if unknown := set(self.peers) - set(PEER_SIMULATORS):
+            raise ValueError(f"peers must be among {', '.join(PEER_SIMULATORS)}, got {sorted(unknown)}")
+        if self.peers and not (self.file_data or config.data.source.endswith(".npz")):
+            raise ValueError("peers run on an .npz file: give --data FILE.npz or leave --file-data on")
         if self.rounds_memory and self.rounds_memory <= MEMORY_CHECKPOINT_ROUND:
             raise ValueError(
                 f"rounds_memory must be 0 (off) or more than {MEMORY_CHECKPOINT_ROUND} "
@@ -193,6 +221,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-concurrency, lognormal devices) beside synchronous FedAvg with as many clients per round",
     )
     parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        help="a named workload: cross-device = --epochs 1 --clients-per-round 256 (few examples, "
+        "many clients); flags given explicitly win",
+    )
+    parser.add_argument(
+        "--file-data",
+        action=argparse.BooleanOptionalAction,
+        help="also run the workload on an .npz file the bench writes once into the cache folder "
+        "(the file-backed path users' data takes); default: on unless --data is given",
+    )
+    parser.add_argument(
+        "--file-clients",
+        type=int,
+        default=DEFAULT_FILE_CLIENTS,
+        metavar="INT",
+        help="writers in the file of --file-data (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--peers",
+        default="",
+        metavar="NAME,...",
+        help="also run other simulators beside fedrun on the .npz workload (the bench's file, or "
+        "--data FILE.npz), on 1 process and on --workers: pfl (pfl-research 0.6.0; its environment "
+        "comes from `make bench-peers`)",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -209,9 +264,11 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         raise FedrunError(
             f"--scale-clients must be comma-separated integers, got {args.scale_clients!r}"
         ) from None
+    chosen = chosen_flags(args)
     flags = {
         "workers": os.cpu_count() or 1,
-        **chosen_flags(args),
+        **PRESETS.get(args.preset or "", {}),
+        **chosen,
         "eval-every": 0,
         "tensorboard": False,
         "progress": False,
@@ -229,6 +286,9 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             stragglers=args.stragglers,
             slow_factor=args.slow_factor,
             buffered=args.buffered,
+            file_data=args.file_data if args.file_data is not None else "data" not in chosen,
+            file_clients=args.file_clients,
+            peers=tuple(name.strip() for name in args.peers.split(",") if name.strip()),
         )
     except ValueError as e:
         raise FedrunError(f"invalid benchmark configuration: {e}") from None

@@ -1,14 +1,18 @@
 """The same training run through TFF's own single-process local context: the yardstick that
 tests (equality) and benchmarks compare fedrun with."""
 
+import collections
 import contextlib
 import gc
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import psutil
+import tensorflow as tf
 import tensorflow_federated as tff
 
+from fedrun.data.preprocessing import Preprocessing
 from fedrun.data.source import ClientDataSource
 from fedrun.learning.algorithm import FederatedAlgorithm, train_metrics
 from fedrun.selection.cohort import training_cohort
@@ -51,3 +55,26 @@ def reference_training(
         state = output.state
         metrics.append(train_metrics(output.metrics))
     return state, metrics
+
+
+def tutorial_datasets(
+    source: ClientDataSource, prep: Preprocessing, keys: list[str]
+) -> list[tf.data.Dataset]:
+    """A round's client datasets as TFF's EMNIST tutorial builds them: in Python, from each
+    client's examples, with a map per batch and tf.data's default options. Shuffle comes before
+    repeat, with each client's seed, as in fedrun: the batches are fedrun's."""
+    datasets = []
+    for key in keys:
+        seed, data_key = key.split("|", 1)
+        x, y = (tensor.numpy() for tensor in source.client_examples(tf.constant(data_key)))
+        dataset = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(
+            prep.shuffle_buffer, seed=tf.constant(int(seed), tf.int64), reshuffle_each_iteration=True
+        )
+        batches = dataset.repeat(prep.epochs).batch(prep.batch_size).map(_tutorial_batch_format)
+        datasets.append(batches.prefetch(prep.prefetch))
+    return datasets
+
+
+def _tutorial_batch_format(x: tf.Tensor, y: tf.Tensor) -> collections.OrderedDict:
+    flat = tf.reshape(x, [-1, int(np.prod(x.shape[1:]))])
+    return collections.OrderedDict(x=tf.cast(flat, tf.float32), y=tf.reshape(y, [-1, 1]))

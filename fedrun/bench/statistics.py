@@ -14,7 +14,11 @@ from fedrun.bench.config import (
     MEMORY_CHECKPOINT_ROUND,
     PEERS,
     SYSTEMS,
+    TARGET_FILE_RATIO,
+    TARGET_FILE_VS_EMBEDDED,
+    TARGET_FIXED_MS_PER_CLIENT,
     TARGET_PEAK_MEMORY_BYTES,
+    TARGET_PEER_RATIO,
     TARGET_RATIO,
     TARGET_TIMING_OVERHEAD,
     TF_LOOP_MAX_WEIGHT_DIFF,
@@ -125,45 +129,73 @@ def agreement(weights: dict[str, list[np.ndarray]], test: dict[str, dict[str, fl
     }
 
 
-def targets(
-    systems: dict[str, dict[str, Any]],
-    fedrun_vs: dict[str, dict[str, float]],
-    scale: dict[str, Any] | None,
-    judged: bool = True,
-) -> dict[str, dict[str, Any]]:
+def targets(result: dict[str, Any], judged: bool = True) -> dict[str, dict[str, Any]]:
     """Each target's measured value and whether it was met; `met` is None where the targets do not
-    apply (`judged` False: they were set for the default workload only)."""
+    apply (`judged` False: they were set for the reference workloads only)."""
+    systems = result["systems"]
     fedrun, tff_local = systems["fedrun"], systems["tff_local"]
+    fedrun_vs = {other: result["ratios"][f"fedrun_vs_{other}"] for other in SYSTEMS if other != "fedrun"}
     checks = {
-        f"examples_per_s_vs_{other}": (
-            fedrun_vs[other]["examples_per_s"],
-            f">= {TARGET_RATIO}",
-            fedrun_vs[other]["examples_per_s"] >= TARGET_RATIO,
-        )
+        f"examples_per_s_vs_{other}": (fedrun_vs[other]["examples_per_s"], ">=", TARGET_RATIO)
         for other in PEERS
     } | {
         "client_timing_overhead": (
             1 / fedrun_vs["fedrun_untimed"]["examples_per_s_paired_median"],
-            f"<= {TARGET_TIMING_OVERHEAD}",
-            1 / fedrun_vs["fedrun_untimed"]["examples_per_s_paired_median"] <= TARGET_TIMING_OVERHEAD,
+            "<=",
+            TARGET_TIMING_OVERHEAD,
         ),
         "start_to_first_round_s": (
             fedrun["start_to_first_round_s"],
-            f"<= TFF local's {tff_local['start_to_first_round_s']:.2f}",
-            fedrun["start_to_first_round_s"] <= tff_local["start_to_first_round_s"],
+            "<=",
+            tff_local["start_to_first_round_s"],
         ),
-        "peak_tree_rss_bytes": (
-            fedrun["peak_tree_rss_bytes"],
-            f"<= {TARGET_PEAK_MEMORY_BYTES}",
-            fedrun["peak_tree_rss_bytes"] <= TARGET_PEAK_MEMORY_BYTES,
-        ),
+        "peak_tree_rss_bytes": (fedrun["peak_tree_rss_bytes"], "<=", TARGET_PEAK_MEMORY_BYTES),
     }
-    if scale is not None:
-        exponent = scale["clients"]["growth_exponent"]
-        checks["latency_growth_exponent_in_clients"] = (exponent, "<= 1", exponent <= 1.0)
+    if "file" in result:
+        on_file = result["file"]
+        checks |= {
+            "file_examples_per_s_vs_tff_local": (
+                on_file["ratios"]["fedrun_vs_tff_local"]["examples_per_s"],
+                ">=",
+                TARGET_FILE_RATIO,
+            ),
+            "file_examples_per_s_vs_embedded": (
+                result["data_paths"]["file_vs_embedded"],
+                ">=",
+                TARGET_FILE_VS_EMBEDDED,
+            ),
+            "file_peak_tree_rss_bytes": (
+                on_file["systems"]["fedrun"]["peak_tree_rss_bytes"],
+                "<=",
+                TARGET_PEAK_MEMORY_BYTES,
+            ),
+        }
+    for name, costs in result.get("client_costs", {}).items():
+        prefix = "" if name == "main" else f"{name}_"
+        checks[f"{prefix}fixed_ms_per_client"] = (
+            costs["breakdown"]["fixed_ms"],
+            "<=",
+            TARGET_FIXED_MS_PER_CLIENT,
+        )
+    for row in result.get("peers", {}).get("pfl", {}).get("rows", [])[1:]:  # rows[0] is fedrun
+        checks[f"examples_per_s_vs_pfl_{row['processes']}_processes"] = (
+            row["fedrun_vs_this"],
+            ">=",
+            TARGET_PEER_RATIO,
+        )
+    if "scale" in result:
+        checks["latency_growth_exponent_in_clients"] = (
+            result["scale"]["clients"]["growth_exponent"],
+            "<=",
+            1.0,
+        )
     return {
-        name: {"value": v, "target": t, "met": bool(m) if judged else None}
-        for name, (v, t, m) in checks.items()
+        name: {
+            "value": value,
+            "target": f"{relation} {bound:.3g}",
+            "met": (value >= bound if relation == ">=" else value <= bound) if judged else None,
+        }
+        for name, (value, relation, bound) in checks.items()
     }
 
 

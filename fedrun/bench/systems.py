@@ -1,4 +1,4 @@
-"""The three systems `fedrun bench` compares, each in a process of its own, and the parent's
+"""The systems `fedrun bench` compares, each in a process of its own, and the parent's
 handle on those processes.
 
 A child process builds one system (fedrun on local workers, TFF's single-process local context,
@@ -122,7 +122,8 @@ def _round_result(outcome: Any, cohort: Any, clients: int) -> dict[str, Any]:
 
 
 class _TffLocal(_TffSystem):
-    """TFF 0.87's ordinary single-process local context running TFF's own FedAvg."""
+    """TFF 0.87's ordinary single-process local context running TFF's own FedAvg, on datasets
+    built on its worker from client keys, as fedrun builds them."""
 
     def __init__(self, workload: RunConfig):
         super().__init__(workload.replace(observe={"client_timing": False}))
@@ -138,9 +139,62 @@ class _TffLocal(_TffSystem):
         from fedrun.selection.cohort import training_cohort
 
         cohort = training_cohort(self.source, self.workload.workload.seed, round_num, clients)
-        output = self.algorithm.training.next(self.state, self.algorithm.train_data(cohort.keys))
+        output = self.algorithm.training.next(self.state, self._client_data(cohort.keys))
         self.state = output.state
         return {**train_metrics(output.metrics), "clients": clients}
+
+    def _client_data(self, keys: list[str]) -> list:
+        return self.algorithm.train_data(keys)
+
+
+class _TffTutorial(_TffLocal):
+    """The same context and FedAvg given the round's datasets as the seed tutorial gives them:
+    built in Python from each client's examples, sent to the worker as tensors."""
+
+    def __init__(self, workload: RunConfig):
+        super().__init__(workload.replace(data={"placement": "coordinator"}))
+        from fedrun.data.preprocessing import Preprocessing
+
+        w = self.workload.workload
+        self.prep = Preprocessing(epochs=w.epochs, batch_size=w.batch_size, shuffle_buffer=w.shuffle_buffer)
+
+    def _client_data(self, keys: list[str]) -> list:
+        from fedrun.bench.reference import tutorial_datasets
+
+        return tutorial_datasets(self.source, self.prep, keys)
+
+
+class _ClientCosts(_TffSystem):
+    """The probes of fedrun.bench.client_costs on one local worker: each runs a round's clients
+    in one call, and the call is timed here."""
+
+    def start(self) -> None:
+        from fedrun.bench.client_costs import build_probes
+        from fedrun.learning.algorithm import algorithm_for
+        from fedrun.loop.simulation import started_workers
+        from fedrun.runtime.session import WorkerSession
+
+        one_worker = self.workload.replace(workers={"count": 1})
+        backend = self._stack.enter_context(started_workers(one_worker, None))
+        self.session = WorkerSession(backend.workers()[0], self.workload.dispatch.rpc_timeout_s)
+        self._stack.callback(self.session.close)
+        longer = self.workload.replace(workload={"epochs": self.workload.workload.epochs + 1})
+        self.probes = build_probes(
+            self.source,
+            self.workload,
+            self.algorithm.train_form,
+            algorithm_for(longer, self.source).train_form,
+            self.session.submit(self.algorithm.training.initialize).result().value,
+        )
+
+    def probe(self, name: str, round_num: int, clients: int) -> dict[str, Any]:
+        from fedrun.selection.cohort import training_cohort
+
+        keys = training_cohort(self.source, self.workload.workload.seed, round_num, clients).keys
+        argument = self.probes.arguments[name](keys)
+        start = time.monotonic()
+        self.session.submit(self.probes.computations[name], argument).result()
+        return {"latency_s": time.monotonic() - start, "clients": clients}
 
 
 class _TfLoop:
@@ -204,7 +258,9 @@ _KINDS: dict[str, Callable[[RunConfig], Any]] = {
     "fedrun": _Fedrun,
     "fedrun_buffered": _FedrunBuffered,
     "tff_local": _TffLocal,
+    "tff_tutorial": _TffTutorial,
     "tf_loop": _TfLoop,
+    "client_costs": _ClientCosts,
 }
 
 

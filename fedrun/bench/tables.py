@@ -36,8 +36,9 @@ def comparison_table(result: dict[str, Any]) -> str:
         f"workload: K={workload['clients_per_round']} clients/round, {workload['epochs']} epochs, batch "
         f"{workload['batch_size']}, {workload['rounds']} rounds, {workload['model']} model, "
         f"{workload['data']} data; rounds interleaved; medians over rounds 2-{workload['rounds']}",
-        f"TFF local context: FedAvg as the tutorial builds it (client loop dataset.reduce); TFF local, "
-        f"fedrun's loop: the same with client_loop={workload['client_loop']}",
+        "TFF local context: FedAvg and its datasets as the tutorial builds them (in Python, a map per "
+        "batch, sent as tensors; client loop dataset.reduce); TFF local, fedrun's data and loop: datasets "
+        f"built on its worker from client keys, client_loop={workload['client_loop']}",
         *(
             f"fedrun / {LABELS[other]}: {r[f'fedrun_vs_{other}']['examples_per_s']:.2f}x examples/s "
             f"(per-round pairs: {r[f'fedrun_vs_{other}']['examples_per_s_paired_median']:.2f}x)"
@@ -130,6 +131,39 @@ def buffered_table(result: dict[str, Any]) -> str:
         f"wall throughput of buffered-async aggregation beside synchronous FedAvg, {result['rounds']} "
         f"updates each, interleaved (target: buffered-async >= {result['target']:.0%} of sync)\n"
         + column_table(["", "p50 s per update", "examples/s", "vs sync"], rows)
+    )
+
+
+def data_paths_table(result: dict[str, Any]) -> str:
+    rows = [
+        [r["data"], f"{r['examples_per_s']:,.0f}", f"{r['round_latency_median_s']:.3f}"]
+        for r in result["rows"]
+    ]
+    return (
+        "fedrun on the embedded data and on the file, the same workload, rounds interleaved: the file "
+        f"gives {result['file_vs_embedded']:.2f}x the examples/s\n"
+        + column_table(["data", "examples/s", "round p50 s"], rows)
+    )
+
+
+def client_costs_table(costs: dict[str, dict[str, Any]]) -> str:
+    """One column per data: what a client costs on one worker, part by part."""
+    parts = [
+        ("a TFF call, per client", "call_ms"),
+        ("+ its dataset built from the key", "dataset_ms"),
+        ("+ the dataset iterated (all epochs)", "iterate_ms"),
+        ("+ training, update, aggregates", "train_beyond_iterate_ms"),
+        ("= the client in the round's up_to_merge", "total_ms"),
+        ("one more epoch adds", "epoch_ms"),
+        ("fixed cost (total - epochs x epoch)", "fixed_ms"),
+    ]
+    names = list(costs)
+    rows = [[label, *(f"{costs[n]['breakdown'][key]:.2f}" for n in names)] for label, key in parts]
+    first = costs[names[0]]
+    return (
+        f"a client's cost on one worker, ms (K={first['clients']} clients in one call, "
+        f"{first['epochs']} epochs; medians over rounds, interleaved)\n"
+        + column_table(["", *(f"{n}: {costs[n]['data']}" for n in names)], rows)
     )
 
 

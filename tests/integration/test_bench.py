@@ -59,6 +59,8 @@ def result(tmp_path_factory):
             "4",
             "--max-concurrency",
             "8",
+            "--file-clients",
+            "30",
             "--out",
             str(out),
         ),
@@ -71,6 +73,9 @@ def result(tmp_path_factory):
     for heading in (
         "examples/s (median)",
         "fedrun / TF loop",
+        "the same workload on a file",
+        "fedrun on the embedded data and on the file",
+        "a client's cost on one worker",
         "round latency vs clients per round",
         "round latency vs workers",
         "process-tree memory over 12 rounds",
@@ -126,6 +131,44 @@ def test_same_clients_same_model(result):
     assert max(accuracies) - min(accuracies) <= 1e-3
     for name in SYSTEMS:
         assert agreement["test_accuracy"][name] == systems[name]["test"]["accuracy"]
+
+
+def test_the_file_workload_is_compared_like_the_embedded_one(result):
+    on_file = result["file"]
+    assert on_file["path"].endswith("digits-30.npz")
+    assert set(on_file["systems"]) == set(SYSTEMS)
+    assert on_file["agreement"]["passed"]
+    assert on_file["agreement"]["fedrun_vs_tff_local_max_weight_diff"] <= 1e-5
+    # The file holds the embedded writers' examples, but other clients than the 60 synthetic ones.
+    assert on_file["systems"]["fedrun"]["rounds"][0]["num_examples"] > 0
+    paths = result["data_paths"]
+    rows = {row["data"]: row for row in paths["rows"]}
+    assert list(rows) == ["embedded data", "file"]
+    assert paths["file_vs_embedded"] == pytest.approx(
+        rows["file"]["examples_per_s"] / rows["embedded data"]["examples_per_s"]
+    )
+    targets = result["targets"]
+    assert targets["file_examples_per_s_vs_embedded"]["value"] == paths["file_vs_embedded"]
+    assert (
+        targets["file_examples_per_s_vs_tff_local"]["value"]
+        == on_file["ratios"]["fedrun_vs_tff_local"]["examples_per_s"]
+    )
+
+
+def test_a_clients_cost_is_split_into_its_parts(result):
+    for name in ("main", "file"):
+        costs = result["client_costs"][name]
+        per_client, parts = costs["per_client_ms"], costs["breakdown"]
+        assert costs["clients"] == 6 and costs["epochs"] == 1
+        assert all(ms > 0 for ms in per_client.values()), per_client
+        assert parts["total_ms"] == per_client["train"]
+        assert parts["call_ms"] + parts["dataset_ms"] + parts["iterate_ms"] + parts[
+            "train_beyond_iterate_ms"
+        ] == pytest.approx(parts["total_ms"])
+        assert parts["fixed_ms"] == pytest.approx(parts["total_ms"] - parts["epoch_ms"])
+    targets = result["targets"]
+    assert targets["fixed_ms_per_client"]["value"] == result["client_costs"]["main"]["breakdown"]["fixed_ms"]
+    assert targets["file_fixed_ms_per_client"]["target"] == "<= 3"
 
 
 def test_rates_and_ratios_come_from_the_measured_rounds(result):

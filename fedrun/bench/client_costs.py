@@ -1,0 +1,111 @@
+"""Where a client's time goes on a worker: the same K clients through computations that do
+successively more of a client's life, each as one call on one worker.
+
+A round's time on a worker is about a fixed cost per client plus compute per example-step. Each
+probe runs the round's K clients in one call, so its time per client is that part of a client's
+cost: the TFF call alone, then the dataset built from the key, then iterated once through its
+epochs, then the round's own `up_to_merge` (training, the update and the aggregates), and the same
+with one more epoch. The extra epoch prices an epoch of training; what `up_to_merge` costs beyond
+its epochs is the fixed cost per client.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+PROBES = ("call", "dataset", "iterate", "train", "train_one_more_epoch")
+LABELS = {
+    "call": "a TFF call that does nothing per client",
+    "dataset": "+ build the client's dataset from its key",
+    "iterate": "+ iterate it once (all epochs)",
+    "train": "the round's up_to_merge (train, update, aggregate)",
+    "train_one_more_epoch": "the same with one more epoch",
+}
+
+
+@dataclass(frozen=True)
+class ProbeSet:
+    """Each probe's computation and the argument it takes, given the round's training keys."""
+
+    computations: dict[str, Any]
+    arguments: dict[str, Callable[[list[str]], Any]]
+
+
+def build_probes(
+    source: Any, workload: Any, train_form: Any, longer_form: Any, initial_state: Any
+) -> ProbeSet:
+    """`train_form`, `longer_form`: the round's MergeableCompForm at E and at E + 1 epochs."""
+    import tensorflow as tf
+    import tensorflow_federated as tff
+
+    from fedrun.data.preprocessing import Preprocessing, train_dataset_computation
+
+    w = workload.workload
+    prep = Preprocessing(epochs=w.epochs, batch_size=w.batch_size, shuffle_buffer=w.shuffle_buffer)
+    datasets = train_dataset_computation(source, prep)
+    keys_type = tff.FederatedType(np.str_, tff.CLIENTS)
+
+    @tff.tensorflow.computation(np.str_)
+    def nothing(key):
+        del key
+        return tf.constant(1.0)
+
+    @tff.tensorflow.computation(datasets.type_signature.result)
+    def untouched(dataset):
+        del dataset
+        return tf.constant(1.0)
+
+    @tff.tensorflow.computation(datasets.type_signature.result)
+    def batches(dataset):
+        return dataset.reduce(tf.constant(0.0), lambda n, batch: n + 1.0)
+
+    @tff.federated_computation(keys_type)
+    def call(keys):
+        return tff.federated_sum(tff.federated_map(nothing, keys))
+
+    @tff.federated_computation(keys_type)
+    def dataset(keys):
+        return tff.federated_sum(tff.federated_map(untouched, tff.federated_map(datasets, keys)))
+
+    @tff.federated_computation(keys_type)
+    def iterate(keys):
+        return tff.federated_sum(tff.federated_map(batches, tff.federated_map(datasets, keys)))
+
+    def with_state(keys: list[str]) -> list:
+        return [initial_state, keys]
+
+    return ProbeSet(
+        computations={
+            "call": call,
+            "dataset": dataset,
+            "iterate": iterate,
+            "train": train_form.up_to_merge,
+            "train_one_more_epoch": longer_form.up_to_merge,
+        },
+        arguments={
+            "call": list,
+            "dataset": list,
+            "iterate": list,
+            "train": with_state,
+            "train_one_more_epoch": with_state,
+        },
+    )
+
+
+def breakdown(per_client_ms: dict[str, float], epochs: int) -> dict[str, float]:
+    """Each probe's median ms per client, as the parts of a client's cost. Pure."""
+    per_epoch = per_client_ms["train_one_more_epoch"] - per_client_ms["train"]
+    return {
+        "call_ms": per_client_ms["call"],
+        "dataset_ms": per_client_ms["dataset"] - per_client_ms["call"],
+        "iterate_ms": per_client_ms["iterate"] - per_client_ms["dataset"],
+        "train_beyond_iterate_ms": per_client_ms["train"] - per_client_ms["iterate"],
+        "epoch_ms": per_epoch,
+        "total_ms": per_client_ms["train"],
+        # What a client costs that more epochs would not add: the intercept at zero epochs.
+        "fixed_ms": per_client_ms["train"] - epochs * per_epoch,
+    }
