@@ -2,10 +2,13 @@
 
 TFF's model-delta client work (`build_model_delta_client_work`), the same update, optimizer and
 weighting, with `tf.timestamp()` read before and after each client's update. The durations leave
-the clients the way the metrics do, as one aggregate: a packed vector (learning.client_time) of
-histogram counts, sum, count and maximum, summed by a `federated_aggregate`. No per-client value
-reaches the server, so the round keeps the single aggregation that sharding (MergeableCompForm)
-needs, and the update itself is untouched: the model is TFF's.
+the clients with the metrics, in the same aggregate: beside its unfinalized metrics each client
+reports a packed vector (learning.client_time) of histogram counts, sum, count and maximum, and
+one `federated_aggregate` adds the metrics (as TFF's `sum_then_finalize` does) and combines the
+vectors. No per-client value reaches the server, so the round keeps the single aggregation that
+sharding (MergeableCompForm) needs; the update itself is untouched: the model is TFF's. One
+aggregate rather than a second one beside the metrics' matters: the executor calls its
+accumulator once per client.
 """
 
 from __future__ import annotations
@@ -13,9 +16,9 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable
 
-import numpy as np
 import tensorflow as tf
 import tensorflow_federated as tff
+from tensorflow_federated.python.core.impl.types import type_conversions
 from tensorflow_federated.python.core.impl.types.computation_types import tensorflow_to_type
 from tensorflow_federated.python.learning.templates import model_delta_client_work
 
@@ -44,7 +47,7 @@ def timed_client_work(
     also hold `client_time`, the packed vector of the clients' training times."""
     with tf.Graph().as_default():  # as TFF does: keep the model's variables out of the global graph
         model = model_fn()
-        metrics_aggregation_fn = tff.learning.metrics.sum_then_finalize(model.metric_finalizers())
+        finalizers = model.metric_finalizers()
     data_type = tff.SequenceType(tensorflow_to_type(model.input_spec))
     weights_type = tff.learning.models.weights_type_from_model(model)
     hparams = optimizer.get_hparams(optimizer.initialize(tf.TensorSpec(shape=(), dtype=tf.float32)))
@@ -76,21 +79,25 @@ def timed_client_work(
             result, outputs = update(optimizer, initial_weights, dataset, optimizer_hparams)
         with tf.control_dependencies(tf.nest.flatten((result, outputs))):
             seconds = tf.timestamp() - start
-        return result, outputs, _packed(seconds)
+        return result, (outputs, _packed(seconds))
 
-    packed_type = tff.TensorType(np.float64, [client_time.LENGTH])
+    reported_type = client_update.type_signature.result[1]  # (unfinalized metrics, packed vector)
+    metrics_specs = type_conversions.type_to_tf_tensor_specs(reported_type[0])
 
     @tff.tensorflow.computation
     def zero():
-        return tf.zeros([client_time.LENGTH], tf.float64)
+        metrics = tf.nest.map_structure(lambda spec: tf.zeros(spec.shape, spec.dtype), metrics_specs)
+        return metrics, tf.zeros([client_time.LENGTH], tf.float64)
 
-    @tff.tensorflow.computation(packed_type, packed_type)
+    @tff.tensorflow.computation(reported_type, reported_type)
     def combine(a, b):
-        return _combine(a, b)
+        return tf.nest.map_structure(tf.add, a[0], b[0]), _combine(a[1], b[1])
 
-    @tff.tensorflow.computation(packed_type)
+    @tff.tensorflow.computation(reported_type)
     def report(total):
-        return total
+        metrics, packed = total
+        train = collections.OrderedDict((name, fn(metrics[name])) for name, fn in finalizers.items())
+        return collections.OrderedDict(train=train, client_time=packed)
 
     @tff.federated_computation(
         init_fn.type_signature.result,
@@ -99,15 +106,8 @@ def timed_client_work(
     )
     def next_fn(state, weights, client_data):
         state_at_clients = tff.federated_broadcast(state)
-        client_result, model_outputs, timed = tff.federated_map(
-            client_update, (state_at_clients, weights, client_data)
-        )
-        measurements = tff.federated_zip(
-            collections.OrderedDict(
-                train=metrics_aggregation_fn(model_outputs),
-                client_time=tff.federated_aggregate(timed, zero(), combine, combine, report),
-            )
-        )
+        client_result, reported = tff.federated_map(client_update, (state_at_clients, weights, client_data))
+        measurements = tff.federated_aggregate(reported, zero(), combine, combine, report)
         return tff.templates.MeasuredProcessOutput(state, client_result, measurements)
 
     return tff.learning.templates.ClientWorkProcess(
