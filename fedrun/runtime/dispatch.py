@@ -345,7 +345,12 @@ class _MapCall:
         for future, attempt in list(self._running.items()):
             worker = attempt.session.worker
             if not self._d._is_alive(worker.worker_id):
-                error = WorkerCallError(worker, "a running shard", None, "the worker process exited")
+                error = WorkerCallError(
+                    worker,
+                    "a running shard",
+                    None,
+                    "the worker is gone: its process exited or it stopped answering",
+                )
             elif attempt.cancelled_at is not None and now - attempt.cancelled_at > CANCEL_GRACE_S:
                 error = WorkerCallError(
                     worker, "a cancelled copy", None, f"its call did not end within {CANCEL_GRACE_S:g} s"

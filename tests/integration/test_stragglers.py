@@ -66,7 +66,11 @@ def test_policies_decide_the_same_on_one_worker_as_on_three(tmp_path):
 
 
 def test_abandoned_rounds_leave_the_model_unchanged(tmp_path):
-    run(tmp_path / "run", "--system-model", "lognormal", "--deadline-s", "0.001", "--eval-every", "0")
+    run(
+        tmp_path / "run",
+        *("--system-model", "lognormal", "--deadline-s", "0.001", "--eval-every", "0"),
+        *("--model-init", "zeros"),  # an initial model whose every weight is known
+    )
 
     rounds = lines(tmp_path / "run" / "rounds.jsonl")
     assert [r["sim"]["abandoned"] for r in rounds] == [True, True, True]
