@@ -57,6 +57,9 @@ def reference_training(
     return state, metrics
 
 
+TUTORIAL_PREFETCH = 2  # batches: the tutorial prefetches after batching
+
+
 def tutorial_datasets(
     source: ClientDataSource, prep: Preprocessing, keys: list[str]
 ) -> list[tf.data.Dataset]:
@@ -71,7 +74,7 @@ def tutorial_datasets(
             prep.shuffle_buffer, seed=tf.constant(int(seed), tf.int64), reshuffle_each_iteration=True
         )
         batches = dataset.repeat(prep.epochs).batch(prep.batch_size).map(_tutorial_batch_format)
-        datasets.append(batches.prefetch(prep.prefetch))
+        datasets.append(batches.prefetch(TUTORIAL_PREFETCH))
     return datasets
 
 
