@@ -44,8 +44,7 @@ def build_probes(
 
     from fedrun.data.preprocessing import Preprocessing, train_dataset_computation
 
-    w = workload.workload
-    prep = Preprocessing(epochs=w.epochs, batch_size=w.batch_size, shuffle_buffer=w.shuffle_buffer)
+    prep = Preprocessing.of(workload.workload)
     datasets = train_dataset_computation(source, prep)
     keys_type = tff.FederatedType(np.str_, tff.CLIENTS)
 

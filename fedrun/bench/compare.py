@@ -105,8 +105,8 @@ def scale(bench: BenchConfig) -> dict[str, Any]:
         build_and_start(children)
         run = _next_rounds(children)
         widest = f"fedrun-{workers}"
-        by_clients = _interleaved([(widest, k) for k in bench.scale_clients], bench.scale_rounds, run)
-        by_workers = _interleaved(
+        by_clients = interleaved([(widest, k) for k in bench.scale_clients], bench.scale_rounds, run)
+        by_workers = interleaved(
             [(f"fedrun-{n}", workload.clients_per_round) for n in counts], bench.scale_rounds, run
         )
     clients_rows = [scale_row({"clients": k}, by_clients[(widest, k)]) for k in bench.scale_clients]
@@ -154,7 +154,7 @@ def stragglers(bench: BenchConfig) -> dict[str, Any]:
         build_and_start(children)
         run = _next_rounds(children)
         points = [(name, clients) for name in specs]
-        by_variant = _interleaved(points, config.workload.rounds, run)
+        by_variant = interleaved(points, config.workload.rounds, run)
         weights = {name: children[name].call("weights") for name in specs}
     baseline = "no straggler"
     rows = []
@@ -201,7 +201,7 @@ def buffered(bench: BenchConfig) -> dict[str, Any]:
     }
     with PeakMemorySampler() as sampler, system_processes(specs, sampler) as children:
         build_and_start(children)
-        by_variant = _interleaved(
+        by_variant = interleaved(
             [(name, size) for name in specs], config.workload.rounds, _next_rounds(children)
         )
     rows = []
@@ -228,7 +228,7 @@ def data_paths(embedded: RunConfig, on_file: RunConfig) -> dict[str, Any]:
     clients = embedded.workload.clients_per_round
     with PeakMemorySampler() as sampler, system_processes(specs, sampler) as children:
         build_and_start(children)
-        by_data = _interleaved(
+        by_data = interleaved(
             [(name, clients) for name in specs], embedded.workload.rounds - 1, _next_rounds(children)
         )
     rows = [
@@ -262,7 +262,7 @@ def client_costs(config: RunConfig) -> dict[str, Any]:
             next_round[name] += 1
             return record
 
-        by_probe = _interleaved([(name, clients) for name in PROBES], config.workload.rounds - 1, run)
+        by_probe = interleaved([(name, clients) for name in PROBES], config.workload.rounds - 1, run)
     per_client_ms = {
         name: 1000 * float(np.median([r["latency_s"] for r in by_probe[(name, clients)]])) / clients
         for name in PROBES
@@ -294,7 +294,7 @@ def _rotated(names: Sequence[str], by: int) -> list[str]:
     return [*names[by:], *names[:by]]
 
 
-def _interleaved(
+def interleaved(
     points: list[tuple[str, int]], timed_rounds: int, run: Callable[[str, int], dict[str, Any]]
 ) -> dict[tuple[str, int], list[dict[str, Any]]]:
     """One untimed round per point, then `timed_rounds` passes over all points in rotating order."""

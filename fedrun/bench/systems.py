@@ -155,8 +155,7 @@ class _TffTutorial(_TffLocal):
         super().__init__(workload.replace(data={"placement": "coordinator"}))
         from fedrun.data.preprocessing import Preprocessing
 
-        w = self.workload.workload
-        self.prep = Preprocessing(epochs=w.epochs, batch_size=w.batch_size, shuffle_buffer=w.shuffle_buffer)
+        self.prep = Preprocessing.of(self.workload.workload)
 
     def _client_data(self, keys: list[str]) -> list:
         from fedrun.bench.reference import tutorial_datasets
@@ -213,7 +212,7 @@ class _TfLoop:
         self.workload = workload
         self.source = open_source(workload)
         w = workload.workload
-        prep = Preprocessing(epochs=w.epochs, batch_size=w.batch_size, shuffle_buffer=w.shuffle_buffer)
+        prep = Preprocessing.of(w)
         train_data = train_dataset_computation(self.source, prep)
         # As fedrun.learning builds it, so that the three systems train the same model.
         spec = ModelSpec(

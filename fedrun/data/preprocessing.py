@@ -17,6 +17,12 @@ class Preprocessing:
     batch_size: int
     shuffle_buffer: int
 
+    @classmethod
+    def of(cls, workload) -> "Preprocessing":
+        """A run's preprocessing, from its [workload] section (fedrun.config.WorkloadConfig)."""
+        w = workload
+        return cls(epochs=w.epochs, batch_size=w.batch_size, shuffle_buffer=w.shuffle_buffer)
+
 
 def _per_client_options() -> tf.data.Options:
     """tf.data's static graph optimizations and autotuning off: they rewrite each dataset when its

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from fedrun.bench.compare import _interleaved
+from fedrun.bench.compare import interleaved
 from fedrun.bench.process_tree import PeakMemorySampler, tree_cpu_seconds
 from fedrun.bench.systems import build_and_start, system_processes
 from fedrun.config import RunConfig
@@ -77,7 +77,7 @@ def pfl_side_by_side(config: RunConfig, processes: Sequence[int] | None = None) 
             return runners[name].round(r, cohorts[r - 1])
 
         points = [(name, w.clients_per_round) for name in next_round]
-        records = _interleaved(points, w.rounds - 1, run)
+        records = interleaved(points, w.rounds - 1, run)
         weights = {"fedrun": children["fedrun"].call("weights")}
         weights.update({name: runner.weights() for name, runner in runners.items()})
         peak_rss = {name: sampler.peaks(name)[0] for name, _ in points}
