@@ -6,7 +6,8 @@ probe runs the round's K clients in one call, so its time per client is that par
 cost: the TFF call alone, then the dataset built from the key, then iterated once through its
 epochs, then the round's own `up_to_merge` (training, the update and the aggregates), and the same
 with one more epoch. The extra epoch prices an epoch of training; what `up_to_merge` costs beyond
-its epochs is the fixed cost per client.
+its epochs is the fixed cost per client. The same `up_to_merge` with TFF's untimed FedAvg prices
+timing each client (learning.client_work), paired call by call.
 """
 
 from __future__ import annotations
@@ -17,13 +18,14 @@ from typing import Any
 
 import numpy as np
 
-PROBES = ("call", "dataset", "iterate", "train", "train_one_more_epoch")
+PROBES = ("call", "dataset", "iterate", "train", "train_one_more_epoch", "train_untimed")
 LABELS = {
     "call": "a TFF call that does nothing per client",
     "dataset": "+ build the client's dataset from its key",
     "iterate": "+ iterate it once (all epochs)",
     "train": "the round's up_to_merge (train, update, aggregate)",
     "train_one_more_epoch": "the same with one more epoch",
+    "train_untimed": "the same with TFF's untimed FedAvg",
 }
 
 
@@ -35,10 +37,9 @@ class ProbeSet:
     arguments: dict[str, Callable[[list[str]], Any]]
 
 
-def build_probes(
-    source: Any, workload: Any, train_form: Any, longer_form: Any, initial_state: Any
-) -> ProbeSet:
-    """`train_form`, `longer_form`: the round's MergeableCompForm at E and at E + 1 epochs."""
+def build_probes(source: Any, workload: Any, forms: dict[str, Any], states: dict[str, Any]) -> ProbeSet:
+    """`forms`: the round's MergeableCompForm for each training probe (at E epochs, at E + 1, and
+    untimed at E), and `states` the initial state each takes."""
     import tensorflow as tf
     import tensorflow_federated as tff
 
@@ -74,23 +75,21 @@ def build_probes(
     def iterate(keys):
         return tff.federated_sum(tff.federated_map(batches, tff.federated_map(datasets, keys)))
 
-    def with_state(keys: list[str]) -> list:
-        return [initial_state, keys]
+    def with_state(name: str) -> Callable[[list[str]], list]:
+        return lambda keys: [states[name], keys]
 
     return ProbeSet(
         computations={
             "call": call,
             "dataset": dataset,
             "iterate": iterate,
-            "train": train_form.up_to_merge,
-            "train_one_more_epoch": longer_form.up_to_merge,
+            **{name: form.up_to_merge for name, form in forms.items()},
         },
         arguments={
             "call": list,
             "dataset": list,
             "iterate": list,
-            "train": with_state,
-            "train_one_more_epoch": with_state,
+            **{name: with_state(name) for name in forms},
         },
     )
 
@@ -105,6 +104,7 @@ def breakdown(per_client_ms: dict[str, float], epochs: int) -> dict[str, float]:
         "train_beyond_iterate_ms": per_client_ms["train"] - per_client_ms["iterate"],
         "epoch_ms": per_epoch,
         "total_ms": per_client_ms["train"],
+        "timing_ms": per_client_ms["train"] - per_client_ms["train_untimed"],
         # What a client costs that more epochs would not add: the intercept at zero epochs.
         "fixed_ms": per_client_ms["train"] - epochs * per_epoch,
     }

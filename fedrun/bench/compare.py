@@ -53,6 +53,7 @@ from fedrun.bench.tables import (
     scale_tables,
     stragglers_table,
     targets_table,
+    timing_table,
 )
 from fedrun.config import BY_FLAG, RunConfig
 from fedrun.stopping import STOP
@@ -242,6 +243,25 @@ def data_paths(embedded: RunConfig, on_file: RunConfig) -> dict[str, Any]:
     return {"rows": rows, "file_vs_embedded": rows[1]["examples_per_s"] / rows[0]["examples_per_s"]}
 
 
+def timing_overhead(config: RunConfig, rounds: int) -> dict[str, Any]:
+    """fedrun with its clients timed and untimed, `rounds` rounds interleaved after one untimed
+    each: what timing every client costs a round, with more pairs than the comparison's few."""
+    specs = {name: ("fedrun", config.replace(observe={"client_timing": name == "timed"})) for name in TIMINGS}
+    clients = config.workload.clients_per_round
+    with PeakMemorySampler() as sampler, system_processes(specs, sampler) as children:
+        build_and_start(children)
+        by_timing = interleaved([(name, clients) for name in specs], rounds, _next_rounds(children))
+    timed, untimed = (by_timing[(name, clients)] for name in TIMINGS)
+    return {
+        "rounds": rounds,
+        "round_latency_median_s": {
+            name: float(np.median([r["latency_s"] for r in by_timing[(name, clients)]])) for name in TIMINGS
+        },
+        # Rounds of the same pass trained the same clients back to back.
+        "overhead": float(np.median([t["latency_s"] / u["latency_s"] for t, u in zip(timed, untimed)])),
+    }
+
+
 def client_costs(config: RunConfig) -> dict[str, Any]:
     """fedrun.bench.client_costs' probes on one worker, each over the round's clients in one
     call, rounds interleaved: a client's cost split into its parts."""
@@ -267,13 +287,21 @@ def client_costs(config: RunConfig) -> dict[str, Any]:
         name: 1000 * float(np.median([r["latency_s"] for r in by_probe[(name, clients)]])) / clients
         for name in PROBES
     }
+    timed, untimed = (by_probe[(name, clients)] for name in ("train", "train_untimed"))
     return {
         "data": config.data.source,
         "clients": clients,
         "epochs": config.workload.epochs,
         "per_client_ms": per_client_ms,
         "breakdown": breakdown(per_client_ms, config.workload.epochs),
+        # Calls of the same pass trained the same clients back to back.
+        "timing_overhead": float(
+            np.median([t["latency_s"] / u["latency_s"] for t, u in zip(timed, untimed)])
+        ),
     }
+
+
+TIMINGS = ("timed", "untimed")
 
 
 def _next_rounds(children: dict[str, Any]) -> Callable[[str, int], dict[str, Any]]:
@@ -366,6 +394,9 @@ def run_bench(bench: BenchConfig, print_line: Callable[[str], None] = print) -> 
         name: client_costs(config) for name, config in (("main", bench.workload), ("file", on_file)) if config
     }
     print_line(client_costs_table(result["client_costs"]))
+    if bench.timing_rounds:
+        result["timing"] = timing_overhead(bench.workload, bench.timing_rounds)
+        print_line(timing_table(result["timing"]))
     if bench.scale:
         result["scale"] = scale(bench)
         print_line(scale_tables(result["scale"]))

@@ -98,6 +98,7 @@ class BenchConfig:
     file_data: bool = False  # also: the same workload on a file the bench writes (file_clients writers)
     file_clients: int = DEFAULT_FILE_CLIENTS
     peers: tuple[str, ...] = ()  # other simulators run beside fedrun on the .npz workload
+    timing_rounds: int = 0  # 0: off; otherwise rounds of fedrun timed against untimed
 
     @property
     def reference_workload(self) -> bool:
@@ -163,6 +164,8 @@ class BenchConfig:
             raise ValueError(f"peers must be among {', '.join(PEER_SIMULATORS)}, got {sorted(unknown)}")
         if self.peers and not (self.file_data or config.data.source.endswith(".npz")):
             raise ValueError("peers run on an .npz file: give --data FILE.npz or leave --file-data on")
+        if self.timing_rounds < 0:
+            raise ValueError(f"timing_rounds must be 0 (off) or more, got {self.timing_rounds}")
         if self.rounds_memory and self.rounds_memory <= MEMORY_CHECKPOINT_ROUND:
             raise ValueError(
                 f"rounds_memory must be 0 (off) or more than {MEMORY_CHECKPOINT_ROUND} "
@@ -200,6 +203,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="ROUNDS",
         help="also run fedrun for ROUNDS rounds (e.g. 1000; long) and report its "
         "peak process-tree memory after round 10 and after the last",
+    )
+    parser.add_argument(
+        "--timing-rounds",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="also run fedrun with its clients timed and untimed for ROUNDS rounds each, "
+        "interleaved (e.g. 300), and judge what timing costs on that rather than the comparison's rounds",
     )
     parser.add_argument(
         "--stragglers",
@@ -282,6 +293,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
             scale_clients=scale_clients,
             scale_rounds=args.scale_rounds,
             rounds_memory=args.rounds_memory,
+            timing_rounds=args.timing_rounds,
             repeat=args.repeat,
             stragglers=args.stragglers,
             slow_factor=args.slow_factor,

@@ -177,13 +177,23 @@ class _ClientCosts(_TffSystem):
         backend = self._stack.enter_context(started_workers(one_worker, None))
         self.session = WorkerSession(backend.workers()[0], self.workload.dispatch.rpc_timeout_s)
         self._stack.callback(self.session.close)
-        longer = self.workload.replace(workload={"epochs": self.workload.workload.epochs + 1})
+        configs = {
+            "train": self.workload,
+            "train_one_more_epoch": self.workload.replace(
+                workload={"epochs": self.workload.workload.epochs + 1}
+            ),
+            "train_untimed": self.workload.replace(observe={"client_timing": False}),
+        }
+        algorithms = {name: algorithm_for(config, self.source) for name, config in configs.items()}
+        algorithms["train"] = self.algorithm
         self.probes = build_probes(
             self.source,
             self.workload,
-            self.algorithm.train_form,
-            algorithm_for(longer, self.source).train_form,
-            self.session.submit(self.algorithm.training.initialize).result().value,
+            {name: algorithm.train_form for name, algorithm in algorithms.items()},
+            {
+                name: self.session.submit(algorithm.training.initialize).result().value
+                for name, algorithm in algorithms.items()
+            },
         )
 
     def probe(self, name: str, round_num: int, clients: int) -> dict[str, Any]:

@@ -156,6 +156,7 @@ def client_costs_table(costs: dict[str, dict[str, Any]]) -> str:
         ("= the client in the round's up_to_merge", "total_ms"),
         ("one more epoch adds", "epoch_ms"),
         ("fixed cost (total - epochs x epoch)", "fixed_ms"),
+        ("timing each client adds", "timing_ms"),
     ]
     names = list(costs)
     rows = [[label, *(f"{costs[n]['breakdown'][key]:.2f}" for n in names)] for label, key in parts]
@@ -164,6 +165,17 @@ def client_costs_table(costs: dict[str, dict[str, Any]]) -> str:
         f"a client's cost on one worker, ms (K={first['clients']} clients in one call, "
         f"{first['epochs']} epochs; medians over rounds, interleaved)\n"
         + column_table(["", *(f"{n}: {costs[n]['data']}" for n in names)], rows)
+        + "\ntimed / untimed up_to_merge, paired: "
+        + ", ".join(f"{n} {costs[n]['timing_overhead']:.4f}" for n in names)
+    )
+
+
+def timing_table(timing: dict[str, Any]) -> str:
+    latency = timing["round_latency_median_s"]
+    return (
+        f"timing each client, fedrun's rounds timed and untimed, {timing['rounds']} rounds each, "
+        f"interleaved: round p50 {latency['timed']:.3f} s against {latency['untimed']:.3f} s; "
+        f"timed / untimed, median of pairs: {timing['overhead']:.4f}"
     )
 
 

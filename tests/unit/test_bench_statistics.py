@@ -1,8 +1,9 @@
 """The bench's pure pieces: which of several comparisons is reported, and memory growth when
-workers were recycled. No system runs here."""
+workers were recycled, which targets are judged on what. No system runs here."""
 
+from fedrun.bench.config import SYSTEMS
 from fedrun.bench.statistics import growth as _growth
-from fedrun.bench.statistics import median_run
+from fedrun.bench.statistics import median_run, targets
 
 
 def _run(ratio: float) -> dict:
@@ -35,3 +36,31 @@ def test_growth_counts_recycled_workers_in_the_tree_only():
     assert set(growth) == {"1 coordinator", "tree"}
     assert growth["1 coordinator"] == 100 * 10 * mib / 200
     assert growth["tree"] == 100 * 30 * mib / 200
+
+
+def _comparison(untimed_paired: float) -> dict:
+    system = {"start_to_first_round_s": 1.0, "peak_tree_rss_bytes": 2**20}
+    ratios = {
+        f"fedrun_vs_{other}": {"examples_per_s": 2.0, "examples_per_s_paired_median": 2.0}
+        for other in SYSTEMS
+        if other != "fedrun"
+    }
+    ratios["fedrun_vs_fedrun_untimed"]["examples_per_s_paired_median"] = untimed_paired
+    return {"systems": {"fedrun": system, "tff_local": system}, "ratios": ratios}
+
+
+def test_timing_overhead_is_judged_on_the_long_run_when_there_is_one():
+    comparison = _comparison(untimed_paired=0.95)  # the comparison's few rounds: 5% slower
+    assert targets(comparison)["client_timing_overhead"]["value"] == 1 / 0.95
+    assert targets(comparison)["client_timing_overhead"]["met"] is False
+    judged = targets({**comparison, "timing": {"overhead": 1.01}})["client_timing_overhead"]
+    assert judged == {"value": 1.01, "target": "<= 1.02", "met": True}
+
+
+def test_timing_on_a_worker_is_judged_for_each_data():
+    costs = {"breakdown": {"fixed_ms": 2.0}, "timing_overhead": 1.03}
+    checks = targets(
+        {**_comparison(1.0), "client_costs": {"main": costs, "file": {**costs, "timing_overhead": 1.0}}}
+    )
+    assert checks["client_timing_overhead_on_a_worker"]["met"] is False
+    assert checks["file_client_timing_overhead_on_a_worker"]["met"] is True
