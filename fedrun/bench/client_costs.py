@@ -4,10 +4,11 @@ successively more of a client's life, each as one call on one worker.
 A round's time on a worker is about a fixed cost per client plus compute per example-step. Each
 probe runs the round's K clients in one call, so its time per client is that part of a client's
 cost: the TFF call alone, then the dataset built from the key, then iterated once through its
-epochs, then the round's own `up_to_merge` (training, the update and the aggregates), and the same
-with one more epoch. The extra epoch prices an epoch of training; what `up_to_merge` costs beyond
-its epochs is the fixed cost per client. The same `up_to_merge` with TFF's untimed FedAvg prices
-timing each client (learning.client_work), paired call by call.
+epochs (each in one computation, as the round's client work builds and trains), then the round's
+own `up_to_merge` (training, the update and the aggregates), and the same with one more epoch.
+The extra epoch prices an epoch of training; what `up_to_merge` costs beyond its epochs is the
+fixed cost per client. The same `up_to_merge` with the clients untimed prices timing each client
+(learning.client_work), paired call by call.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ LABELS = {
     "iterate": "+ iterate it once (all epochs)",
     "train": "the round's up_to_merge (train, update, aggregate)",
     "train_one_more_epoch": "the same with one more epoch",
-    "train_untimed": "the same with TFF's untimed FedAvg",
+    "train_untimed": "the same, clients untimed",
 }
 
 
@@ -43,10 +44,9 @@ def build_probes(source: Any, workload: Any, forms: dict[str, Any], states: dict
     import tensorflow as tf
     import tensorflow_federated as tff
 
-    from fedrun.data.preprocessing import Preprocessing, train_dataset_computation
+    from fedrun.data.preprocessing import Preprocessing, train_dataset_fn
 
-    prep = Preprocessing.of(workload.workload)
-    datasets = train_dataset_computation(source, prep)
+    build_dataset = train_dataset_fn(source, Preprocessing.of(workload.workload))
     keys_type = tff.FederatedType(np.str_, tff.CLIENTS)
 
     @tff.tensorflow.computation(np.str_)
@@ -54,35 +54,29 @@ def build_probes(source: Any, workload: Any, forms: dict[str, Any], states: dict
         del key
         return tf.constant(1.0)
 
-    @tff.tensorflow.computation(datasets.type_signature.result)
-    def untouched(dataset):
-        del dataset
-        return tf.constant(1.0)
+    @tff.tensorflow.computation(np.str_)
+    def untouched(key):  # its cardinality, so that the dataset (and its examples) are made
+        return tf.cast(build_dataset(key).cardinality(), tf.float32)
 
-    @tff.tensorflow.computation(datasets.type_signature.result)
-    def batches(dataset):
-        return dataset.reduce(tf.constant(0.0), lambda n, batch: n + 1.0)
+    @tff.tensorflow.computation(np.str_)
+    def batches(key):
+        return build_dataset(key).reduce(tf.constant(0.0), lambda n, batch: n + 1.0)
 
-    @tff.federated_computation(keys_type)
-    def call(keys):
-        return tff.federated_sum(tff.federated_map(nothing, keys))
+    def per_client(computation: Any) -> tff.Computation:
+        @tff.federated_computation(keys_type)
+        def each(keys):
+            return tff.federated_sum(tff.federated_map(computation, keys))
 
-    @tff.federated_computation(keys_type)
-    def dataset(keys):
-        return tff.federated_sum(tff.federated_map(untouched, tff.federated_map(datasets, keys)))
-
-    @tff.federated_computation(keys_type)
-    def iterate(keys):
-        return tff.federated_sum(tff.federated_map(batches, tff.federated_map(datasets, keys)))
+        return each
 
     def with_state(name: str) -> Callable[[list[str]], list]:
         return lambda keys: [states[name], keys]
 
     return ProbeSet(
         computations={
-            "call": call,
-            "dataset": dataset,
-            "iterate": iterate,
+            "call": per_client(nothing),
+            "dataset": per_client(untouched),
+            "iterate": per_client(batches),
             **{name: form.up_to_merge for name, form in forms.items()},
         },
         arguments={

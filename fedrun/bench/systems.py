@@ -125,8 +125,7 @@ class _TffLocal(_TffSystem):
     """TFF 0.87's ordinary single-process local context running TFF's own FedAvg, on datasets
     built on its worker from client keys, as fedrun builds them."""
 
-    def __init__(self, workload: RunConfig):
-        super().__init__(workload.replace(observe={"client_timing": False}))
+    tff_fed_avg = True
 
     def start(self) -> None:
         from fedrun.bench.reference import tff_local_context

@@ -2,6 +2,7 @@
 that build a client's datasets from its key on the worker, or on the coordinator for shipping."""
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,16 +59,22 @@ def _eval_pipeline(x: tf.Tensor, y: tf.Tensor, prep: Preprocessing) -> tf.data.D
     return ds.with_options(_per_client_options())
 
 
-def train_dataset_computation(source: ClientDataSource, prep: Preprocessing) -> tff.Computation:
-    """Training key -> the client's batches, built on the worker that runs it."""
+def train_dataset_fn(source: ClientDataSource, prep: Preprocessing) -> Callable[[tf.Tensor], tf.data.Dataset]:
+    """Training key -> the client's batches, as TF ops to trace into a computation that then runs
+    on the worker (learning.client_work traces it into the client's training)."""
 
-    def build(key):
+    def build(key: tf.Tensor) -> tf.data.Dataset:
         seed_str, data_key = tf.unstack(tf.strings.split(key, "|", maxsplit=1), num=2)
         return _train_pipeline(
             *source.client_examples(data_key), tf.strings.to_number(seed_str, tf.int64), prep
         )
 
-    return tff.tensorflow.computation(build, tff.TensorType(np.str_))
+    return build
+
+
+def train_dataset_computation(source: ClientDataSource, prep: Preprocessing) -> tff.Computation:
+    """Training key -> the client's batches, built on the worker that runs it."""
+    return tff.tensorflow.computation(train_dataset_fn(source, prep), tff.TensorType(np.str_))
 
 
 def eval_dataset_computation(source: ClientDataSource, prep: Preprocessing) -> tff.Computation:

@@ -20,7 +20,7 @@ from fedrun.data import preprocessing
 from fedrun.data.preprocessing import Preprocessing
 from fedrun.data.source import ClientDataSource
 from fedrun.learning.buffered import BufferedComputations, build_buffered
-from fedrun.learning.client_work import timed_client_work
+from fedrun.learning.fed_avg import fed_avg as fedrun_fed_avg
 from fedrun.learning.models import DEFAULT_INIT, ModelInit, ModelSpec, create_model_fn
 from fedrun.learning.registry import CLIENT_LOOPS, OPTIMIZERS
 
@@ -60,10 +60,13 @@ def build_algorithm(
     client_loop: str = "iterator",
     time_clients: bool = True,
     buffered: bool = False,
+    tff_fed_avg: bool = False,
 ) -> FederatedAlgorithm:
-    """`time_clients`: each client's local training is timed on its worker (client_work); False
-    builds FedAvg with TFF's own `build_weighted_fed_avg`, as the tutorial does. `buffered`: also
-    build buffered asynchronous aggregation's computations from the same parts."""
+    """`time_clients`: each client's local training is timed on its worker (client_work).
+    `buffered`: also build buffered asynchronous aggregation's computations from the same parts.
+    `tff_fed_avg`: TFF's own `build_weighted_fed_avg` instead, composed with the dataset
+    computation as TFF's simulations compose it, untimed: the yardstick that tests and the bench
+    compare fedrun with."""
     prep = Preprocessing(epochs=epochs, batch_size=batch_size, shuffle_buffer=shuffle_buffer)
     train_data = preprocessing.train_dataset_computation(source, prep)
     eval_data = preprocessing.eval_dataset_computation(source, prep)
@@ -77,35 +80,31 @@ def build_algorithm(
     loop = CLIENT_LOOPS[client_loop].load()
     client_opt = OPTIMIZERS[client_optimizer].load()(client_lr, client_momentum)
     server_opt = OPTIMIZERS[server_optimizer].load()(server_lr, server_momentum)
-    weights_type = _initial_weights(model_fn).type_signature.result
-    if time_clients:
-        client_work = timed_client_work(model_fn, client_opt, loop)
-        fed_avg = timed_fed_avg(model_fn, client_work, server_opt)
-    else:
-        client_work = tff.learning.templates.build_model_delta_client_work(
-            model_fn, client_opt, tff.learning.ClientWeighting.NUM_EXAMPLES, loop_implementation=loop
-        )
-        fed_avg = tff.learning.algorithms.build_weighted_fed_avg(
+    on_workers = data_placement == "workers"
+    if tff_fed_avg:
+        training = tff.learning.algorithms.build_weighted_fed_avg(
             model_fn, client_optimizer_fn=client_opt, server_optimizer_fn=server_opt, loop_implementation=loop
         )
+        if on_workers:
+            training = tff.simulation.compose_dataset_computation_with_learning_process(train_data, training)
+        async_parts = None
+    else:
+        build_dataset = preprocessing.train_dataset_fn(source, prep) if on_workers else None
+        fed_avg = fedrun_fed_avg(
+            model_fn, client_opt, server_opt, loop, timed=time_clients, build_dataset=build_dataset
+        )
+        training = fed_avg.process
+        async_parts = (
+            build_buffered(fed_avg.weights_type, fed_avg.client_work, fed_avg.finalizer) if buffered else None
+        )
     fed_eval = tff.learning.algorithms.build_fed_eval(model_fn, loop_implementation=loop)
-    if data_placement == "workers":
-        training = tff.simulation.compose_dataset_computation_with_learning_process(train_data, fed_avg)
+    if on_workers:
         evaluation = tff.simulation.compose_dataset_computation_with_learning_process(eval_data, fed_eval)
         send_train, send_eval = list, list
     else:
-        training, evaluation = fed_avg, fed_eval
+        evaluation = fed_eval
         send_train = functools.partial(preprocessing.shipped_train_datasets, source, prep)
         send_eval = functools.partial(preprocessing.shipped_eval_datasets, source, prep)
-
-    async_parts = None
-    if buffered:
-        async_parts = build_buffered(
-            weights_type,
-            client_work,
-            tff.learning.templates.build_apply_optimizer_finalizer(server_opt, weights_type),
-            train_data if data_placement == "workers" else None,
-        )
     return FederatedAlgorithm(
         training=training,
         evaluation=evaluation,
@@ -117,29 +116,11 @@ def build_algorithm(
     )
 
 
-def _initial_weights(model_fn) -> tff.Computation:
-    @tff.tensorflow.computation
-    def initial_weights():
-        return tff.learning.models.ModelWeights.from_model(model_fn())
-
-    return initial_weights
-
-
-def timed_fed_avg(model_fn, client_work, server_optimizer) -> tff.learning.templates.LearningProcess:
-    """`build_weighted_fed_avg`, composed from the same TFF parts, with timed client work."""
-    initial_weights = _initial_weights(model_fn)
-    weights_type = initial_weights.type_signature.result
-    return tff.learning.templates.compose_learning_process(
-        initial_weights,
-        tff.learning.templates.build_broadcast_process(weights_type),
-        client_work,
-        tff.aggregators.MeanFactory().create(weights_type.trainable, tff.TensorType(np.float32)),
-        tff.learning.templates.build_apply_optimizer_finalizer(server_optimizer, weights_type),
-    )
-
-
-def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgorithm:
-    """The algorithm a run's configuration describes."""
+def algorithm_for(
+    config: RunConfig, source: ClientDataSource, *, tff_fed_avg: bool = False
+) -> FederatedAlgorithm:
+    """The algorithm a run's configuration describes; `tff_fed_avg`: with TFF's own FedAvg (the
+    reference, build_algorithm)."""
     w = config.workload
     return build_algorithm(
         source,
@@ -158,6 +139,7 @@ def algorithm_for(config: RunConfig, source: ClientDataSource) -> FederatedAlgor
         client_loop=w.client_loop,
         time_clients=config.observe.client_timing,
         buffered=config.aggregation.buffered,
+        tff_fed_avg=tff_fed_avg,
     )
 
 

@@ -48,20 +48,18 @@ class BufferedComputations:
 
 def build_buffered(
     weights_type: tff.types.StructType,
-    client_work: tff.learning.templates.ClientWorkProcess,
+    client_work: tff.templates.MeasuredProcess,
     finalizer: tff.learning.templates.FinalizerProcess,
-    dataset_computation: tff.Computation | None,
 ) -> BufferedComputations:
-    """`dataset_computation`: client key -> dataset, built on the workers (None: datasets are sent)."""
+    """`client_work`: synchronous FedAvg's (learning.fed_avg), on the client data it takes: keys
+    when the workers build the datasets, else datasets."""
     return BufferedComputations(
-        _client_form(weights_type, client_work, dataset_computation), _server_step(weights_type, finalizer)
+        _client_form(weights_type, client_work), _server_step(weights_type, finalizer)
     )
 
 
 def _client_form(
-    weights_type: tff.types.StructType,
-    client_work: tff.learning.templates.ClientWorkProcess,
-    dataset_computation: tff.Computation | None,
+    weights_type: tff.types.StructType, client_work: tff.templates.MeasuredProcess
 ) -> tff.framework.MergeableCompForm:
     stacked_type = _stacked_type(weights_type)
     staleness_type = tff.TensorType(np.float32, [None])
@@ -93,10 +91,6 @@ def _client_form(
         total = summation.next(summation.initialize(), scaled).result
         return total, tff.federated_sum(examples), work.measurements
 
-    if dataset_computation is not None:
-        client_round = tff.simulation.compose_dataset_computation_with_computation(
-            dataset_computation, client_round
-        )
     return tff.backends.native.compile_to_mergeable_comp_form(client_round)
 
 
