@@ -257,8 +257,8 @@ class ObserveConfig:
     progress: bool = option(True, "show a progress bar on a terminal")
     client_timing: bool = option(
         True,
-        "time each client's local training on its worker (client_time in rounds.jsonl); off: "
-        "TFF's build_weighted_fed_avg unchanged",
+        "time each client's local work on its worker (client_time in rounds.jsonl); off: the same "
+        "FedAvg without the clock",
     )
 
     def __post_init__(self) -> None:

@@ -1,5 +1,6 @@
-"""The federated algorithm: TFF's FedAvg and federated evaluation, compiled once to
-MergeableCompForm so the coordinator can run `up_to_merge` shard by shard.
+"""The federated algorithm: FedAvg from TFF's parts (learning.fed_avg) and TFF's federated
+evaluation, compiled once to MergeableCompForm so the coordinator can run `up_to_merge` shard by
+shard. TFF's own `build_weighted_fed_avg` is built on request, as the reference.
 
 Client data reaches the workers in one of two ways (`data_placement`). "workers": the
 computations take client keys and each worker builds its clients' datasets itself, so a round
