@@ -176,15 +176,15 @@ class _ClientCosts(_TffSystem):
         backend = self._stack.enter_context(started_workers(one_worker, None))
         self.session = WorkerSession(backend.workers()[0], self.workload.dispatch.rpc_timeout_s)
         self._stack.callback(self.session.close)
-        configs = {
-            "train": self.workload,
+        others = {
             "train_one_more_epoch": self.workload.replace(
                 workload={"epochs": self.workload.workload.epochs + 1}
             ),
             "train_untimed": self.workload.replace(observe={"client_timing": False}),
         }
-        algorithms = {name: algorithm_for(config, self.source) for name, config in configs.items()}
-        algorithms["train"] = self.algorithm
+        algorithms = {"train": self.algorithm} | {
+            name: algorithm_for(config, self.source) for name, config in others.items()
+        }
         self.probes = build_probes(
             self.source,
             self.workload,
