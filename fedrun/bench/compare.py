@@ -36,6 +36,7 @@ from fedrun.bench.statistics import (
     agreement,
     growth,
     median_run,
+    paired_latency_ratio,
     ratios,
     scale_row,
     summarize,
@@ -57,6 +58,8 @@ from fedrun.bench.tables import (
 )
 from fedrun.config import BY_FLAG, RunConfig
 from fedrun.stopping import STOP
+
+TIMINGS = ("timed", "untimed")  # timing_overhead's two fedrun variants
 
 
 def compare(config: RunConfig) -> dict[str, Any]:
@@ -257,8 +260,7 @@ def timing_overhead(config: RunConfig, rounds: int) -> dict[str, Any]:
         "round_latency_median_s": {
             name: float(np.median([r["latency_s"] for r in by_timing[(name, clients)]])) for name in TIMINGS
         },
-        # Rounds of the same pass trained the same clients back to back.
-        "overhead": float(np.median([t["latency_s"] / u["latency_s"] for t, u in zip(timed, untimed)])),
+        "overhead": paired_latency_ratio(timed, untimed),
     }
 
 
@@ -294,14 +296,8 @@ def client_costs(config: RunConfig) -> dict[str, Any]:
         "epochs": config.workload.epochs,
         "per_client_ms": per_client_ms,
         "breakdown": breakdown(per_client_ms, config.workload.epochs),
-        # Calls of the same pass trained the same clients back to back.
-        "timing_overhead": float(
-            np.median([t["latency_s"] / u["latency_s"] for t, u in zip(timed, untimed)])
-        ),
+        "timing_overhead": paired_latency_ratio(timed, untimed),
     }
-
-
-TIMINGS = ("timed", "untimed")
 
 
 def _next_rounds(children: dict[str, Any]) -> Callable[[str, int], dict[str, Any]]:

@@ -87,6 +87,12 @@ def time_split(rounds: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
+def paired_latency_ratio(numerator: list[dict[str, Any]], denominator: list[dict[str, Any]]) -> float:
+    """The median of per-pair latency ratios, records paired in order (the same clients, run
+    back to back in one pass of `interleaved`)."""
+    return _median([a["latency_s"] / b["latency_s"] for a, b in zip(numerator, denominator)])
+
+
 def ratios(systems: dict[str, dict[str, Any]], numerator: str, denominator: str) -> dict[str, float]:
     """`numerator` / `denominator`: of median examples/s, and the median of per-round ratios of
     examples/s (rounds of the same number train the same clients and ran back to back)."""
